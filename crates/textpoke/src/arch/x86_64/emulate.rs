@@ -1,0 +1,216 @@
+//! Emulation of a patched instruction for a thread that hit the breakpoint mid-batch.
+//!
+//! Runs inside the SIGTRAP handler: no allocation, no locks, no panics.
+
+/// The instruction a site is becoming, as the trap handler must emulate it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insn {
+    /// A NOP of `len` bytes: continue after it.
+    Nop {
+        /// Length of the NOP.
+        len: u8,
+    },
+    /// `jmp target`.
+    Jmp {
+        /// Destination.
+        target: usize,
+    },
+    /// `call target`, `len` bytes long (the return address is the next instruction).
+    Call {
+        /// Destination.
+        target: usize,
+        /// Length of the call instruction.
+        len: u8,
+    },
+    /// `jcc target` with condition code `cc` (the low nibble of the opcode).
+    Jcc {
+        /// Condition code, 0 (`o`) to 15 (`g`).
+        cc: u8,
+        /// Destination when the condition holds.
+        target: usize,
+        /// Length of the instruction (fall-through distance).
+        len: u8,
+    },
+    /// `ret`.
+    Ret,
+}
+
+/// The registers of a trapped thread that emulation reads or changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Regs {
+    /// Saved `rip`.
+    pub pc: usize,
+    /// Saved `rsp`.
+    pub sp: usize,
+    /// Saved `rflags`.
+    pub flags: u64,
+}
+
+const CF: u64 = 1 << 0;
+const PF: u64 = 1 << 2;
+const ZF: u64 = 1 << 6;
+const SF: u64 = 1 << 7;
+const OF: u64 = 1 << 11;
+
+/// Whether condition `cc` (0..=15, as encoded in `Jcc`/`SETcc`) holds for `flags`.
+pub fn condition_holds(cc: u8, flags: u64) -> bool {
+    let set = |bit: u64| flags & bit != 0;
+    let base = match cc >> 1 {
+        0 => set(OF),
+        1 => set(CF),
+        2 => set(ZF),
+        3 => set(CF) || set(ZF),
+        4 => set(SF),
+        5 => set(PF),
+        6 => set(SF) != set(OF),
+        _ => set(ZF) || set(SF) != set(OF),
+    };
+    // Odd condition codes are the negations of the even ones.
+    base != (cc & 1 == 1)
+}
+
+/// Makes `regs` look as if the thread had executed `insn` at `addr`.
+///
+/// # Safety
+///
+/// `regs` must be the saved state of a thread stopped at `addr`; for `Call` and `Ret` its stack
+/// pointer must be valid for the push or pop the real instruction would do.
+pub unsafe fn emulate(insn: Insn, addr: usize, regs: &mut Regs) {
+    match insn {
+        Insn::Nop { len } => regs.pc = addr + len as usize,
+        Insn::Jmp { target } => regs.pc = target,
+        Insn::Call { target, len } => {
+            regs.sp -= 8;
+            // SAFETY: the caller guarantees the stack is valid for the push `call` would do.
+            unsafe { (regs.sp as *mut usize).write(addr + len as usize) };
+            regs.pc = target;
+        }
+        Insn::Jcc { cc, target, len } => {
+            regs.pc = if condition_holds(cc, regs.flags) {
+                target
+            } else {
+                addr + len as usize
+            };
+        }
+        Insn::Ret => {
+            // SAFETY: the caller guarantees the stack holds the return address `ret` would pop.
+            regs.pc = unsafe { (regs.sp as *const usize).read() };
+            regs.sp += 8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a real `jcc` on the CPU with the given flags and reports whether it was taken.
+    fn hardware_taken(cc: u8, flags: u64) -> bool {
+        let mut taken: u64 = 0;
+        // Builds `setcc al` for condition `cc` after loading `flags` with popfq. The set of
+        // loadable flags (CF PF ZF SF OF) is what Jcc reads.
+        macro_rules! setcc {
+            ($($n:literal => $ins:literal),*) => {
+                match cc {
+                    $($n => {
+                        // SAFETY: pushes and pops a balanced value on the stack and writes only
+                        // the named output register.
+                        unsafe {
+                            core::arch::asm!(
+                                "pushfq",
+                                "push {f}",
+                                "popfq",
+                                concat!($ins, " {t:l}"),
+                                "popfq",
+                                f = in(reg) flags,
+                                t = inout(reg) taken,
+                            );
+                        }
+                    })*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        setcc!(0 => "seto", 1 => "setno", 2 => "setb", 3 => "setae", 4 => "sete", 5 => "setne",
+               6 => "setbe", 7 => "seta", 8 => "sets", 9 => "setns", 10 => "setp", 11 => "setnp",
+               12 => "setl", 13 => "setge", 14 => "setle", 15 => "setg");
+        taken & 0xff != 0
+    }
+
+    #[test]
+    fn every_condition_matches_the_cpu_for_every_flag_combination() {
+        let bits = [CF, PF, ZF, SF, OF];
+        for cc in 0..16u8 {
+            let (mut seen_true, mut seen_false) = (false, false);
+            for combo in 0..32u32 {
+                let flags = bits
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| combo & (1 << i) != 0)
+                    .fold(0x202u64, |acc, (_, b)| acc | b);
+                let want = hardware_taken(cc, flags);
+                assert_eq!(condition_holds(cc, flags), want, "cc {cc} flags {flags:#x}");
+                seen_true |= want;
+                seen_false |= !want;
+            }
+            assert!(seen_true && seen_false, "cc {cc} must be tested both ways");
+        }
+    }
+
+    #[test]
+    fn jcc_emulation_takes_or_falls_through() {
+        let mut regs = Regs {
+            pc: 0x1001,
+            sp: 0,
+            flags: ZF,
+        };
+        let je = Insn::Jcc {
+            cc: 4,
+            target: 0x5000,
+            len: 6,
+        };
+        // SAFETY: Jcc touches no memory.
+        unsafe { emulate(je, 0x1000, &mut regs) };
+        assert_eq!(regs.pc, 0x5000);
+        regs.flags = 0;
+        // SAFETY: as above.
+        unsafe { emulate(je, 0x1000, &mut regs) };
+        assert_eq!(regs.pc, 0x1006);
+    }
+
+    #[test]
+    fn call_pushes_return_address_and_ret_pops_it() {
+        let mut stack = [0usize; 4];
+        let top = stack.as_mut_ptr() as usize + 4 * 8;
+        let mut regs = Regs {
+            pc: 0x1001,
+            sp: top,
+            flags: 0,
+        };
+        let call = Insn::Call {
+            target: 0x9000,
+            len: 5,
+        };
+        // SAFETY: `stack` has room for the push, and the pop reads what was pushed.
+        unsafe { emulate(call, 0x1000, &mut regs) };
+        assert_eq!((regs.pc, regs.sp, stack[3]), (0x9000, top - 8, 0x1005));
+        // SAFETY: as above.
+        unsafe { emulate(Insn::Ret, 0x9000, &mut regs) };
+        assert_eq!((regs.pc, regs.sp), (0x1005, top));
+    }
+
+    #[test]
+    fn nop_and_jmp() {
+        let mut regs = Regs {
+            pc: 0x1001,
+            sp: 0,
+            flags: 0,
+        };
+        // SAFETY: neither touches memory.
+        unsafe { emulate(Insn::Nop { len: 5 }, 0x1000, &mut regs) };
+        assert_eq!(regs.pc, 0x1005);
+        // SAFETY: as above.
+        unsafe { emulate(Insn::Jmp { target: 0x42 }, 0x1000, &mut regs) };
+        assert_eq!(regs.pc, 0x42);
+    }
+}

@@ -1,0 +1,58 @@
+//! x86-64: encodings, the int3 protocol's breakpoint, and emulation of patched instructions.
+
+mod emulate;
+mod encode;
+
+pub use emulate::{Insn, Regs, condition_holds, emulate};
+pub use encode::{JUMP_LABEL_LEN, disassemble, jump_label_code};
+
+/// The breakpoint written over the first byte of every site while a batch is in flight.
+pub const BREAKPOINT: &[u8] = &[0xcc];
+
+/// Address of the instruction whose breakpoint trapped, given the saved program counter.
+/// `int3` reports the address after itself.
+#[inline]
+pub fn trap_address(pc: usize) -> usize {
+    pc.wrapping_sub(BREAKPOINT.len())
+}
+
+/// Emits one static-branch site. Used by the public `static_branch_*` macros only.
+///
+/// The site is a 5-byte `jmp rel32` (forced to its long form so it can always be patched to and
+/// from a 5-byte NOP) or `nopl 0x0(%rax,%rax,1)`, chosen at compile time from the key's
+/// initial state. The 12-byte table entry holds three position-relative 32-bit offsets: the
+/// site, the jump target, and the key with bit 0 set for `likely` sites. Keys are 8-byte
+/// aligned, so the low bits are free. The section is allocated, read-only and retained.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __arch_static_branch {
+    ($key:path, $likely:literal) => {
+        'textpoke_site: {
+            // SAFETY: the asm only emits a NOP or a jump to the label block and a table entry
+            // in a non-executable section; it touches no registers, memory, stack or flags.
+            unsafe {
+                ::core::arch::asm!(
+                    "2:",
+                    ".if {jmp}",
+                    ".byte 0xe9",
+                    ".long {target} - (2b + 5)",
+                    ".else",
+                    ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+                    ".endif",
+                    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+                    ".balign 4",
+                    ".long 2b - .",
+                    ".long {target} - .",
+                    ".long {key} + {flags} - .",
+                    ".popsection",
+                    target = label { break 'textpoke_site !$likely },
+                    key = sym $key,
+                    jmp = const ($crate::__private::initial_state(&$key) != $likely) as u8,
+                    flags = const $likely as u8,
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+            $likely
+        }
+    };
+}

@@ -1,0 +1,171 @@
+//! Typed errors. Every refusal names the site, key, table or system call involved.
+
+use std::fmt;
+
+use crate::location::Location;
+
+/// Bytes found at, or expected at, a code address; displayed as hex plus a disassembly.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CodeBytes {
+    /// Address the bytes belong to (used to render relative branches).
+    pub addr: usize,
+    /// The raw bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Display for CodeBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.bytes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, " `{}`", crate::arch::disassemble(self.addr, &self.bytes))
+    }
+}
+
+impl fmt::Debug for CodeBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Everything textpoke can refuse. Nothing has been written when any of these is returned,
+/// except [`Error::Inconsistent`], which says exactly what is left behind.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A site does not hold the bytes its key's state implies: the code was changed behind
+    /// textpoke's back, or the table is stale. The whole batch was refused.
+    #[error("site {site}: expected {expected}, found {found}; batch refused, nothing written")]
+    SiteMismatch {
+        /// The site.
+        site: Location,
+        /// What textpoke expected to find.
+        expected: CodeBytes,
+        /// What is there.
+        found: CodeBytes,
+    },
+    /// A table entry points outside the executable segments of the object that declared it.
+    #[error("{what} {addr} (from table {table}) is not inside an executable segment of {object}")]
+    OutsideText {
+        /// "site" or "jump target".
+        what: &'static str,
+        /// The offending address.
+        addr: Location,
+        /// Table (section) name.
+        table: &'static str,
+        /// The object whose table declared it.
+        object: String,
+    },
+    /// Two sites in a table overlap.
+    #[error("sites {first} and {second} overlap (table {table})")]
+    Overlap {
+        /// Lower site.
+        first: Location,
+        /// Higher site, which starts inside the lower one.
+        second: Location,
+        /// Table (section) name.
+        table: &'static str,
+    },
+    /// A table entry names something that is not a key of this textpoke version.
+    #[error("table {table}, entry {index}: {addr} is not a textpoke key ({why})")]
+    UnknownKey {
+        /// Table (section) name.
+        table: &'static str,
+        /// Entry number within the table.
+        index: usize,
+        /// Where the entry points.
+        addr: Location,
+        /// Why it was rejected.
+        why: &'static str,
+    },
+    /// A table entry carries flags this version does not know: the table was built by another
+    /// textpoke version.
+    #[error("table {table}, entry {index}: unknown flags {flags:#x} (built by another textpoke version?)")]
+    UnknownFlags {
+        /// Table (section) name.
+        table: &'static str,
+        /// Entry number.
+        index: usize,
+        /// The flag bits.
+        flags: u32,
+    },
+    /// A table is malformed as a whole (size, placement).
+    #[error("table {table}: {why}")]
+    BadTable {
+        /// Table (section) name.
+        table: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A jump does not fit the instruction form used at the site.
+    #[error("site {site}: target {target:#x} is out of range for a {len}-byte jump")]
+    OutOfRange {
+        /// The site.
+        site: Location,
+        /// The wanted target.
+        target: usize,
+        /// The instruction length.
+        len: usize,
+    },
+    /// Two patches in one batch touch the same bytes.
+    #[error("patches at {first} and {second} overlap within one batch")]
+    OverlappingPatches {
+        /// Lower patch.
+        first: Location,
+        /// Higher patch.
+        second: Location,
+    },
+    /// `dec()` on a key whose count is already zero.
+    #[error("key {key}: reference count underflow (dec without matching inc)")]
+    Underflow {
+        /// The key.
+        key: Location,
+    },
+    /// `inc()` past `i32::MAX`.
+    #[error("key {key}: reference count overflow")]
+    Overflow {
+        /// The key.
+        key: Location,
+    },
+    /// No method of serializing every core is available, so live patching would be unsafe.
+    #[error("cannot serialize all cores ({why}); refusing to patch live code")]
+    CoreSyncUnavailable {
+        /// What failed.
+        why: String,
+    },
+    /// A system call textpoke needs was refused.
+    #[error("{call} failed: {errno}")]
+    Syscall {
+        /// The call, with its target where useful.
+        call: String,
+        /// The error the kernel returned.
+        errno: rustix::io::Errno,
+    },
+    /// Patching failed part-way and could not be rolled back. The breakpoint handler stays
+    /// armed for the affected sites, so threads remain safe, but the named site is damaged.
+    #[error("patching failed at {site} and could not be rolled back: {why}")]
+    Inconsistent {
+        /// First affected site.
+        site: Location,
+        /// The underlying failure.
+        why: String,
+    },
+    /// This platform is not supported for live patching.
+    #[error("live patching is not supported on this platform: {0}")]
+    Unsupported(&'static str),
+}
+
+/// Shorthand for results with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn syscall(call: impl Into<String>, errno: rustix::io::Errno) -> Self {
+        Error::Syscall {
+            call: call.into(),
+            errno,
+        }
+    }
+}

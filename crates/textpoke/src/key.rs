@@ -1,0 +1,280 @@
+//! Static keys: booleans that live in the code as a NOP or a JMP at every site.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
+use crate::engine::{self, PatchStats, Poke};
+use crate::os::{self, PatchGuard};
+use crate::table::{JumpSite, jump_index};
+use crate::{Error, Location, Result};
+
+/// Signature stored in every key, checked when a table entry names it.
+pub(crate) const KEY_MAGIC: u32 = u32::from_le_bytes(*b"tpk1");
+
+/// The part of a key the engine and tables see; identical for every initial state.
+#[repr(C, align(8))]
+pub(crate) struct KeyCore {
+    /// Reference count; the key is enabled while it is positive.
+    count: AtomicI32,
+    magic: u32,
+}
+
+impl KeyCore {
+    pub(crate) fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    fn enabled(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Reads the signature of a would-be key.
+    ///
+    /// # Safety
+    ///
+    /// `addr` must be 8-aligned and point to `size_of::<KeyCore>()` readable bytes.
+    pub(crate) unsafe fn magic_at(addr: usize) -> u32 {
+        // SAFETY: the caller's guarantee; the field is at offset 4 of a repr(C) struct.
+        unsafe { std::ptr::read_volatile((addr + 4) as *const u32) }
+    }
+}
+
+/// A static key: a boolean whose every test is one NOP or JMP in the code.
+///
+/// `INIT` is the state the sites are compiled in, so a site is right from the first instruction
+/// the process runs, before any textpoke call. Declare keys as `static`s; the
+/// [`static_branch_unlikely!`](crate::static_branch_unlikely) and
+/// [`static_branch_likely!`](crate::static_branch_likely) macros take their path.
+///
+/// Every method is safe to call while other threads execute the key's sites, and from many
+/// threads at once.
+///
+/// ```
+/// use textpoke::{StaticKey, static_branch_unlikely};
+///
+/// static VERBOSE: StaticKey = StaticKey::new();
+///
+/// fn work() -> u32 {
+///     if static_branch_unlikely!(VERBOSE) { 1 } else { 0 }
+/// }
+///
+/// assert_eq!(work(), 0);
+/// VERBOSE.enable()?;
+/// assert_eq!(work(), 1);
+/// VERBOSE.disable()?;
+/// assert_eq!(work(), 0);
+/// # Ok::<(), textpoke::Error>(())
+/// ```
+#[repr(transparent)]
+pub struct StaticKey<const INIT: bool = false> {
+    core: KeyCore,
+    _init: PhantomData<[(); 0]>,
+}
+
+impl<const INIT: bool> Default for StaticKey<INIT> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const INIT: bool> StaticKey<INIT> {
+    /// A key in state `INIT` (reference count 1 if `true`, 0 if `false`).
+    pub const fn new() -> Self {
+        StaticKey {
+            core: KeyCore {
+                count: AtomicI32::new(INIT as i32),
+                magic: KEY_MAGIC,
+            },
+            _init: PhantomData,
+        }
+    }
+
+    pub(crate) fn core(&self) -> &KeyCore {
+        &self.core
+    }
+
+    /// Whether the key is enabled (its reference count is positive).
+    pub fn is_enabled(&self) -> bool {
+        self.core.enabled()
+    }
+
+    /// The key's reference count.
+    pub fn count(&self) -> i32 {
+        self.core.count.load(Ordering::Acquire)
+    }
+
+    /// Enables the key: its count becomes 1 if it was 0, and every site is patched.
+    /// Does nothing if already enabled.
+    pub fn enable(&self) -> Result<()> {
+        crate::Batch::new().enable(self).commit().map(drop)
+    }
+
+    /// Disables the key: its count becomes 0 (whatever it was), and every site is patched.
+    pub fn disable(&self) -> Result<()> {
+        crate::Batch::new().disable(self).commit().map(drop)
+    }
+
+    /// Increments the count, enabling the key on 0 → 1, like the kernel's `static_key_slow_inc`.
+    /// Lock-free when the key is already enabled.
+    pub fn inc(&self) -> Result<()> {
+        let count = &self.core.count;
+        let mut v = count.load(Ordering::Acquire);
+        while v > 0 {
+            let next = v.checked_add(1).ok_or_else(|| Error::Overflow {
+                key: Location::of(self.core.addr()),
+            })?;
+            match count.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => v = now,
+            }
+        }
+        let lock = os::patch_lock();
+        // Under the lock the count leaves 0 only here; concurrent fast paths need it positive.
+        if count.load(Ordering::Acquire) == 0 {
+            patch_keys(&lock, &[(self.core(), false, true)])?;
+            count.store(1, Ordering::Release);
+            return Ok(());
+        }
+        drop(lock);
+        self.inc()
+    }
+
+    /// Decrements the count, disabling the key on 1 → 0. Underflow is an error and changes
+    /// nothing. Lock-free while the count stays positive.
+    pub fn dec(&self) -> Result<()> {
+        let count = &self.core.count;
+        let mut v = count.load(Ordering::Acquire);
+        while v > 1 {
+            match count.compare_exchange_weak(v, v - 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => v = now,
+            }
+        }
+        let lock = os::patch_lock();
+        loop {
+            match count.load(Ordering::Acquire) {
+                0 => {
+                    return Err(Error::Underflow {
+                        key: Location::of(self.core.addr()),
+                    });
+                }
+                1 => {
+                    // Claim 1 → 0 first so that a concurrent inc takes the slow path and waits.
+                    if count
+                        .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    return patch_keys(&lock, &[(self.core(), true, false)])
+                        .map(drop)
+                        .inspect_err(|_| count.store(1, Ordering::Release));
+                }
+                v => {
+                    if count
+                        .compare_exchange(v, v - 1, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Addresses of this key's sites (validating the table on first use).
+    pub fn sites(&self) -> Result<Vec<usize>> {
+        let lock = os::patch_lock();
+        let index = jump_index(&lock)?;
+        Ok(index
+            .sites_of(self.core.addr())
+            .iter()
+            .map(|s| s.addr)
+            .collect())
+    }
+}
+
+/// Builds the poke that moves `site` from its key's state `from` to `to`.
+fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
+    let code = |enabled: bool| {
+        jump_label_code(site.addr, site.target, site.jumps_when(enabled)).ok_or_else(|| {
+            Error::OutOfRange {
+                site: Location::of(site.addr),
+                target: site.target,
+                len: JUMP_LABEL_LEN,
+            }
+        })
+    };
+    Ok(Poke {
+        addr: site.addr,
+        old: code(from)?,
+        new: code(to)?,
+        insn: if site.jumps_when(to) {
+            Insn::Jmp {
+                target: site.target,
+            }
+        } else {
+            Insn::Nop {
+                len: JUMP_LABEL_LEN as u8,
+            }
+        },
+    })
+}
+
+/// Patches every site of every key from its `from` state to its `to` state, as one batch.
+/// Counts are the caller's business.
+pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> Result<PatchStats> {
+    let index = jump_index(lock)?;
+    let mut pokes = Vec::new();
+    for &(key, from, to) in keys {
+        if from != to {
+            for site in index.sites_of(key.addr()) {
+                pokes.push(poke(site, from, to)?);
+            }
+        }
+    }
+    engine::patch(lock, pokes)
+}
+
+/// Sets each key to its wanted state in one batch (last word wins for a repeated key).
+pub(crate) fn set_keys(wanted: &[(&KeyCore, bool)]) -> Result<PatchStats> {
+    let mut unique: Vec<(&KeyCore, bool)> = Vec::with_capacity(wanted.len());
+    for &(key, on) in wanted {
+        match unique.iter_mut().find(|(k, _)| std::ptr::eq(*k, key)) {
+            Some(slot) => slot.1 = on,
+            None => unique.push((key, on)),
+        }
+    }
+    let lock = os::patch_lock();
+    let mut changes = Vec::new();
+    let mut restore = Vec::new();
+    for (key, on) in unique {
+        match (key.enabled(), on) {
+            (false, true) => changes.push((key, false, true)),
+            (true, false) => {
+                // Zero first, so a concurrent inc waits for the lock instead of counting up a
+                // key that is being disabled.
+                restore.push((key, key.count.swap(0, Ordering::AcqRel)));
+                changes.push((key, true, false));
+            }
+            _ => {}
+        }
+    }
+    match patch_keys(&lock, &changes) {
+        Ok(stats) => {
+            for (key, _, to) in &changes {
+                if *to {
+                    key.count.store(1, Ordering::Release);
+                }
+            }
+            Ok(stats)
+        }
+        Err(e) => {
+            for (key, count) in restore {
+                key.count.store(count, Ordering::Release);
+            }
+            Err(e)
+        }
+    }
+}

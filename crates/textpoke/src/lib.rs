@@ -1,0 +1,89 @@
+//! # textpoke
+//!
+//! The Linux kernel's runtime code patching, for user-space Rust: **static keys** (jump labels)
+//! on a batched text-patching engine that stays correct while other threads run the code it
+//! changes.
+//!
+//! ```
+//! use textpoke::{StaticKey, static_branch_unlikely};
+//!
+//! static TRACE: StaticKey = StaticKey::new(); // initial state fixed at compile time
+//!
+//! fn hot_path() -> bool {
+//!     // One 5-byte NOP while TRACE is off.
+//!     static_branch_unlikely!(TRACE)
+//! }
+//!
+//! assert!(!hot_path());
+//! TRACE.enable()?; // safe while other threads run hot_path()
+//! assert!(hot_path());
+//! TRACE.inc()?; // reference counted, like static_branch_inc/dec
+//! TRACE.dec()?;
+//! assert!(TRACE.is_enabled());
+//! textpoke::Batch::new().disable(&TRACE).commit()?; // many keys, one transaction
+//! assert!(!hot_path());
+//! # Ok::<(), textpoke::Error>(())
+//! ```
+//!
+//! ## How a change is made safe
+//!
+//! Every site of every key in a batch is checked against the bytes its key's state implies and
+//! against the executable segments of the object that declared it; any mismatch refuses the
+//! whole batch. The change is then written with the kernel's breakpoint-first protocol:
+//! `int3` over every site, serialize all cores, the tails, serialize, the new first bytes,
+//! serialize. A thread that meets an `int3` meanwhile is given the new instruction by a
+//! SIGTRAP handler; other traps go to the handler installed before textpoke's. Writes go
+//! through `/proc/self/mem`, so no mapping is ever writable and executable, and cores are
+//! serialized with `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`. Batches are serialized by one
+//! process-wide lock, shared even between semver-incompatible copies of this crate.
+//!
+//! Platform: x86-64 Linux.
+
+#![warn(missing_docs)]
+
+mod arch;
+mod batch;
+mod engine;
+mod error;
+mod key;
+mod location;
+mod os;
+mod table;
+
+pub use batch::Batch;
+pub use engine::PatchStats;
+pub use error::{CodeBytes, Error, Result};
+pub use key::StaticKey;
+pub use location::Location;
+pub use table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
+
+/// Low-level access for textpoke's own tools and tests. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
+    pub use crate::engine::read_code;
+    pub use crate::os::{lock_shared_state_addr, loaded_objects, MERGE_GAP};
+
+    /// The compile-time initial state of a key, for the site macros.
+    pub const fn initial_state<const I: bool>(_key: &crate::StaticKey<I>) -> bool {
+        I
+    }
+}
+
+/// `true` when `key` is enabled; compiled as one 5-byte NOP (disabled) or JMP (enabled), with
+/// the disabled path straight-line. Takes the path of a `static` [`StaticKey`].
+#[macro_export]
+macro_rules! static_branch_unlikely {
+    ($key:path) => {
+        $crate::__arch_static_branch!($key, false)
+    };
+}
+
+/// `true` when `key` is enabled; compiled as one 5-byte NOP (enabled) or JMP (disabled), with
+/// the enabled path straight-line. Takes the path of a `static` [`StaticKey`].
+#[macro_export]
+macro_rules! static_branch_likely {
+    ($key:path) => {
+        $crate::__arch_static_branch!($key, true)
+    };
+}

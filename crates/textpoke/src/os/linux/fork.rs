@@ -1,0 +1,24 @@
+//! Keeping per-process state right across `fork()`.
+//!
+//! The child has a new address space: the `/proc/self/mem` handle, the membarrier registration
+//! and any in-progress trap bookkeeping belong to the parent. The patch lock is taken around
+//! `fork()` so that a child never starts with a half-done batch.
+
+use std::sync::Once;
+
+/// Registers the fork handlers once per copy of textpoke in the process.
+pub fn register_once() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        super::lock::register_fork_handlers();
+        // SAFETY: `child` only resets atomics and closes a descriptor, both async-signal-safe,
+        // which is what the child side of `pthread_atfork` requires.
+        unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    });
+}
+
+extern "C" fn child() {
+    super::mem::forget_after_fork();
+    super::sync::forget_after_fork();
+    crate::engine::forget_after_fork();
+}

@@ -1,0 +1,22 @@
+//! Linux implementation of the OS services.
+
+mod fork;
+mod lock;
+mod mem;
+mod objects;
+mod signal;
+mod sync;
+
+pub use lock::{PatchGuard, lock_shared_state_addr, patch_lock};
+pub use mem::{Edit, MERGE_GAP, write_edits};
+pub use objects::{Object, Segment, describe, loaded_objects, object_containing, text_segment};
+pub use signal::ensure_trap_handler;
+pub use sync::{prepare_core_sync, serialize_all_cores};
+
+/// Makes everything a batch needs ready: the trap handler, core serialization, the writer.
+/// Cheap after the first call in a process (one `sigaction` query).
+pub fn prepare_for_patching() -> crate::Result<()> {
+    fork::register_once();
+    prepare_core_sync()?;
+    ensure_trap_handler()
+}

@@ -1,0 +1,145 @@
+//! The map of loaded objects (executable and shared libraries) and their segments, from
+//! `dl_iterate_phdr`. This is what "code you own" means: a site must lie in an executable
+//! segment of the object whose table declared it.
+
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex};
+
+/// One `PT_LOAD` segment, as mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte (`p_memsz`).
+    pub end: usize,
+    /// `PF_X`.
+    pub exec: bool,
+    /// `PF_W`.
+    pub write: bool,
+}
+
+impl Segment {
+    /// Whether `[addr, addr + len)` lies inside this segment.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        addr >= self.start && addr.checked_add(len).is_some_and(|e| e <= self.end)
+    }
+}
+
+/// A loaded object.
+#[derive(Clone, Debug)]
+pub struct Object {
+    /// Path (the executable's own path for the main program).
+    pub name: String,
+    /// Load bias.
+    pub base: usize,
+    /// Its `PT_LOAD` segments.
+    pub segments: Vec<Segment>,
+}
+
+impl Object {
+    /// The executable segment containing `[addr, addr + len)`, if any.
+    pub fn text_segment(&self, addr: usize, len: usize) -> Option<Segment> {
+        self.segments
+            .iter()
+            .copied()
+            .find(|s| s.exec && s.contains(addr, len))
+    }
+
+    /// Whether any segment contains `[addr, addr + len)`.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        self.segments.iter().any(|s| s.contains(addr, len))
+    }
+}
+
+static CACHE: Mutex<Option<Arc<Vec<Object>>>> = Mutex::new(None);
+
+/// All loaded objects, freshly enumerated.
+pub fn loaded_objects() -> Vec<Object> {
+    let mut out: Vec<Object> = Vec::new();
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` whose `dlpi_phdr` points to
+        // `dlpi_phnum` headers, and `data` is the `Vec` passed below.
+        unsafe {
+            let info = &*info;
+            let out = &mut *(data as *mut Vec<Object>);
+            let name = if info.dlpi_name.is_null() || *info.dlpi_name == 0 {
+                if out.is_empty() {
+                    std::fs::read_link("/proc/self/exe")
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "<main program>".into())
+                } else {
+                    "<anonymous object>".into()
+                }
+            } else {
+                CStr::from_ptr(info.dlpi_name).to_string_lossy().into_owned()
+            };
+            let base = info.dlpi_addr as usize;
+            let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            let segments = phdrs
+                .iter()
+                .filter(|p| p.p_type == libc::PT_LOAD)
+                .map(|p| Segment {
+                    start: base + p.p_vaddr as usize,
+                    end: base + (p.p_vaddr + p.p_memsz) as usize,
+                    exec: p.p_flags & libc::PF_X != 0,
+                    write: p.p_flags & libc::PF_W != 0,
+                })
+                .collect();
+            out.push(Object {
+                name,
+                base,
+                segments,
+            });
+        }
+        0
+    }
+    // SAFETY: the callback matches the expected signature and only uses `data` as the `Vec`.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut out as *mut Vec<Object> as *mut _) };
+    out
+}
+
+fn cached(refresh: bool) -> Arc<Vec<Object>> {
+    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    match &*guard {
+        Some(objs) if !refresh => objs.clone(),
+        _ => {
+            let objs = Arc::new(loaded_objects());
+            *guard = Some(objs.clone());
+            objs
+        }
+    }
+}
+
+/// The loaded object with a segment containing `[addr, addr + len)`. Looks again if the cached
+/// map misses (an object may have been loaded since).
+pub fn object_containing(addr: usize, len: usize) -> Option<Object> {
+    let find = |objs: &Vec<Object>| objs.iter().find(|o| o.contains(addr, len)).cloned();
+    find(&cached(false)).or_else(|| find(&cached(true)))
+}
+
+/// The executable segment (of any loaded object) containing `[addr, addr + len)`.
+pub fn text_segment(addr: usize, len: usize) -> Option<Segment> {
+    let find = |objs: &Vec<Object>| objs.iter().find_map(|o| o.text_segment(addr, len));
+    find(&cached(false)).or_else(|| find(&cached(true)))
+}
+
+type Named = Option<(String, usize)>;
+
+/// Object (path, offset) and nearest dynamic symbol (name, offset) for `addr`.
+pub fn describe(addr: usize) -> (Named, Named) {
+    let object = object_containing(addr, 1).map(|o| (o.name, addr - o.base));
+    // SAFETY: `dladdr` only reads loader state and writes the provided struct.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a zero return means "no information".
+    let found = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0;
+    let symbol = (found && !info.dli_sname.is_null()).then(|| {
+        // SAFETY: `dladdr` returned a NUL-terminated name that lives as long as the object.
+        let name = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
+        (name.into_owned(), addr - info.dli_saddr as usize)
+    });
+    (object, symbol)
+}
