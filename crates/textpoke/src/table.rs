@@ -179,6 +179,12 @@ fn check_key(object: &os::Object, index: usize, key: usize) -> Result<()> {
     Ok(())
 }
 
+/// Size in bytes of this binary's static-branch table section.
+pub fn jump_table_bytes() -> usize {
+    let (start, stop) = table_bounds();
+    stop - start
+}
+
 /// Validates the table and lists every site.
 pub fn jump_sites() -> Result<Vec<JumpSite>> {
     let lock = os::patch_lock();
