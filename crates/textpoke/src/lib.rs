@@ -61,7 +61,7 @@ pub use table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
-    pub use crate::engine::read_code;
+    pub use crate::engine::{read_code, trap_counts};
     pub use crate::table::jump_table_bytes;
     pub use crate::os::{lock_shared_state_addr, loaded_objects, MERGE_GAP};
 

@@ -15,7 +15,7 @@ mod code;
 mod trap;
 
 pub use code::Code;
-pub use trap::{on_breakpoint, register_sites};
+pub use trap::{on_breakpoint, register_sites, trap_counts};
 
 pub(crate) use trap::forget_after_fork;
 

@@ -26,6 +26,11 @@ impl Flight {
     }
 }
 
+/// Traps handled by emulating a site's new instruction.
+static EMULATED: AtomicUsize = AtomicUsize::new(0);
+/// Late traps handled by rewinding to re-execute a finished site.
+static REWOUND: AtomicUsize = AtomicUsize::new(0);
+
 static FLIGHT: AtomicPtr<Flight> = AtomicPtr::new(std::ptr::null_mut());
 /// Handlers currently reading `FLIGHT`.
 static READERS: AtomicUsize = AtomicUsize::new(0);
@@ -128,10 +133,12 @@ pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
     if let Some(insn) = insn {
         // SAFETY: the caller's guarantee, and `insn` is what the site is becoming.
         unsafe { arch::emulate(insn, addr, regs) };
+        EMULATED.fetch_add(1, Ordering::Relaxed);
         return true;
     }
     if registered(addr) {
         regs.pc = addr;
+        REWOUND.fetch_add(1, Ordering::Relaxed);
         return true;
     }
     false
@@ -140,4 +147,9 @@ pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
 /// In a forked child: handlers that were running in other parent threads do not exist here.
 pub(crate) fn forget_after_fork() {
     READERS.store(0, Ordering::SeqCst);
+}
+
+/// (emulated, rewound) trap counts since the process started.
+pub fn trap_counts() -> (usize, usize) {
+    (EMULATED.load(Ordering::Relaxed), REWOUND.load(Ordering::Relaxed))
 }

@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::{Seek, SeekFrom, Write};
+
+/// Writes `bytes` at `addr` through /proc/self/mem, behind textpoke's back.
+pub fn poke_behind_back(addr: usize, bytes: &[u8]) {
+    let mut mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .expect("open /proc/self/mem");
+    mem.seek(SeekFrom::Start(addr as u64)).expect("seek");
+    mem.write_all(bytes).expect("write");
+}
+
+/// The bytes of every static-branch site in this binary.
+pub fn snapshot_sites() -> Vec<(usize, Vec<u8>)> {
+    textpoke::jump_sites()
+        .expect("table validates")
+        .iter()
+        .map(|s| (s.addr, textpoke::__private::read_code(s.addr, 5)))
+        .collect()
+}
+
+/// `/proc/self/maps` lines: (start, end, perms, path).
+pub fn maps() -> Vec<(usize, usize, String, String)> {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("read maps")
+        .lines()
+        .map(|line| {
+            let mut parts = line.split_whitespace();
+            let range = parts.next().unwrap();
+            let perms = parts.next().unwrap().to_string();
+            let path = parts.nth(3).unwrap_or("").to_string();
+            let (a, b) = range.split_once('-').unwrap();
+            (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+                perms,
+                path,
+            )
+        })
+        .collect()
+}
