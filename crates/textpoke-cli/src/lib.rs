@@ -1,0 +1,3 @@
+//! The `textpoke` command-line tool, as a library so that its jobs can be tested directly.
+
+pub mod demo;
