@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use textpoke_cli::demo;
 
 #[derive(Parser)]
-#[command(name = "textpoke", version, about = "Live code patching for user space")]
+#[command(
+    name = "textpoke",
+    version,
+    about = "Live code patching for user space"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -26,12 +26,32 @@ fn toggling_under_load_is_consistent() {
 #[test]
 fn json_output_and_exit_status() {
     let out = Command::new(env!("CARGO_BIN_EXE_textpoke"))
-        .args(["demo", "--seconds", "0.5", "--threads", "1", "--sites", "1000", "--json"])
+        .args([
+            "demo",
+            "--seconds",
+            "0.5",
+            "--threads",
+            "1",
+            "--sites",
+            "1000",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["calls", "toggles", "sites", "threads", "inconsistencies", "toggle_us_median"] {
+    for key in [
+        "calls",
+        "toggles",
+        "sites",
+        "threads",
+        "inconsistencies",
+        "toggle_us_median",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["sites"], 1000);

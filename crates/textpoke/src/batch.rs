@@ -1,8 +1,8 @@
 //! Transactions over many keys.
 
+use crate::Result;
 use crate::engine::PatchStats;
 use crate::key::{KeyCore, StaticKey, set_keys};
-use crate::Result;
 
 /// Several key changes applied as one batch: one validation pass, three core syncs, and either
 /// every site changes or none does.
@@ -43,7 +43,11 @@ impl<'a> Batch<'a> {
 
     /// Sets `key` to `on`.
     pub fn set<const I: bool>(self, key: &'a StaticKey<I>, on: bool) -> Self {
-        if on { self.enable(key) } else { self.disable(key) }
+        if on {
+            self.enable(key)
+        } else {
+            self.disable(key)
+        }
     }
 
     /// Applies every change. If a key appears more than once, its last change wins.

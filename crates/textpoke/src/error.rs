@@ -83,7 +83,9 @@ pub enum Error {
     },
     /// A table entry carries flags this version does not know: the table was built by another
     /// textpoke version.
-    #[error("table {table}, entry {index}: unknown flags {flags:#x} (built by another textpoke version?)")]
+    #[error(
+        "table {table}, entry {index}: unknown flags {flags:#x} (built by another textpoke version?)"
+    )]
     UnknownFlags {
         /// Table (section) name.
         table: &'static str,

@@ -8,28 +8,41 @@ use std::fmt;
 pub struct Location {
     /// The absolute address.
     pub addr: usize,
-    /// Object path and offset within it, if the address lies in a loaded object.
-    pub object: Option<(String, usize)>,
-    /// Nearest dynamic symbol and offset from it, if any.
-    pub symbol: Option<(String, usize)>,
+    names: Option<Box<Names>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Names {
+    object: Option<(String, usize)>,
+    symbol: Option<(String, usize)>,
 }
 
 impl Location {
     /// Describes `addr`. Only called on error paths: it looks up the object and symbol.
     pub fn of(addr: usize) -> Self {
         let (object, symbol) = crate::os::describe(addr);
-        Location {
-            addr,
-            object,
-            symbol,
-        }
+        let names =
+            (object.is_some() || symbol.is_some()).then(|| Box::new(Names { object, symbol }));
+        Location { addr, names }
+    }
+
+    /// Path of the loaded object containing the address, and the offset within it.
+    pub fn object(&self) -> Option<(&str, usize)> {
+        let (name, off) = self.names.as_ref()?.object.as_ref()?;
+        Some((name, *off))
+    }
+
+    /// Nearest dynamic symbol at or below the address, and the offset from it.
+    pub fn symbol(&self) -> Option<(&str, usize)> {
+        let (name, off) = self.names.as_ref()?.symbol.as_ref()?;
+        Some((name, *off))
     }
 }
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}", self.addr)?;
-        match (&self.symbol, &self.object) {
+        match (self.symbol(), self.object()) {
             (Some((sym, off)), _) => write!(f, " <{sym}+{off:#x}>"),
             (None, Some((obj, off))) => write!(f, " <{obj}+{off:#x}>"),
             (None, None) => Ok(()),

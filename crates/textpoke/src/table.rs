@@ -21,7 +21,10 @@ const FLAG_LIKELY: usize = 1;
 const FLAG_MASK: usize = 7;
 
 // Guarantees the section exists (and with it the start/stop symbols) even with no sites.
-core::arch::global_asm!(".pushsection textpoke_jump_v1,\"aR\",@progbits", ".popsection");
+core::arch::global_asm!(
+    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+    ".popsection"
+);
 
 unsafe extern "C" {
     #[link_name = "__start_textpoke_jump_v1"]
@@ -95,7 +98,9 @@ fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<JumpIndex> 
         .checked_sub(start)
         .ok_or_else(|| bad("end before start".into()))?;
     if len % JUMP_ENTRY_SIZE != 0 {
-        return Err(bad(format!("size {len} is not a multiple of {JUMP_ENTRY_SIZE}")));
+        return Err(bad(format!(
+            "size {len} is not a multiple of {JUMP_ENTRY_SIZE}"
+        )));
     }
     if len == 0 {
         return Ok(JumpIndex { sites: Vec::new() });

@@ -32,6 +32,9 @@ fn unknown_key_is_an_error_and_nothing_is_written() {
         Error::UnknownKey { addr, .. } => assert_eq!(addr.addr, NOT_A_KEY.as_ptr() as usize),
         other => panic!("expected UnknownKey, got {other:?}"),
     }
-    assert_eq!(textpoke::__private::read_code(site as *const () as usize, 16), before);
+    assert_eq!(
+        textpoke::__private::read_code(site as *const () as usize, 16),
+        before
+    );
     assert!(!site());
 }

@@ -35,5 +35,8 @@ fn site_outside_text_is_an_error_and_nothing_is_written() {
     assert_eq!(data, [0x5a; 16]);
     assert!(!KEY.is_enabled());
     // Validation failures are sticky: the table is not trusted later either.
-    assert!(matches!(textpoke::jump_sites(), Err(Error::OutsideText { .. })));
+    assert!(matches!(
+        textpoke::jump_sites(),
+        Err(Error::OutsideText { .. })
+    ));
 }

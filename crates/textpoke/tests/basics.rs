@@ -78,8 +78,10 @@ fn keys_follow_enable_disable_inc_dec_and_batches() -> Result<(), Error> {
 
 #[test]
 fn table_is_compact_and_validated() -> Result<(), Error> {
-    assert!(textpoke::JUMP_ENTRY_SIZE <= 16);
     let sites = textpoke::jump_sites()?;
     assert!(sites.len() >= 5, "{sites:?}");
+    let bytes = textpoke::__private::jump_table_bytes();
+    assert_eq!(bytes, sites.len() * textpoke::JUMP_ENTRY_SIZE);
+    assert!(bytes / sites.len() <= 16, "{bytes} bytes for {} sites", sites.len());
     Ok(())
 }

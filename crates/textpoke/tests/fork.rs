@@ -33,7 +33,11 @@ fn child_toggles_its_own_copy() {
     // SAFETY: waiting for our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "child could not toggle its key");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "child could not toggle its key"
+    );
     assert!(KEY.is_enabled());
     assert!(site(), "the child's patches must not reach the parent");
     KEY.disable().unwrap();

@@ -56,9 +56,17 @@ fn foreign_traps_reach_the_users_handlers() {
 
     KEY.enable().unwrap();
     assert!(site());
-    assert_ne!(current_handler(), first as Handler as usize, "textpoke's handler is installed");
+    assert_ne!(
+        current_handler(),
+        first as Handler as usize,
+        "textpoke's handler is installed"
+    );
     user_int3();
-    assert_eq!(FIRST.load(Ordering::SeqCst), 2, "int3 chained to the earlier handler");
+    assert_eq!(
+        FIRST.load(Ordering::SeqCst),
+        2,
+        "int3 chained to the earlier handler"
+    );
     // SAFETY: raising a signal with a handler installed.
     unsafe { libc::raise(libc::SIGTRAP) };
     assert_eq!(FIRST.load(Ordering::SeqCst), 3, "raise() chained too");
@@ -67,7 +75,10 @@ fn foreign_traps_reach_the_users_handlers() {
     install(second as extern "C" fn(libc::c_int) as usize, false);
     KEY.disable().unwrap();
     assert!(!site());
-    assert_ne!(current_handler(), second as extern "C" fn(libc::c_int) as usize);
+    assert_ne!(
+        current_handler(),
+        second as extern "C" fn(libc::c_int) as usize
+    );
     user_int3();
     assert_eq!(SECOND.load(Ordering::SeqCst), 1, "plain handler chained");
 
@@ -88,5 +99,9 @@ fn foreign_traps_reach_the_users_handlers() {
     });
     user_int3();
     assert_eq!(SECOND.load(Ordering::SeqCst), 2);
-    assert_eq!(FIRST.load(Ordering::SeqCst), 3, "the replaced handler is not called");
+    assert_eq!(
+        FIRST.load(Ordering::SeqCst),
+        3,
+        "the replaced handler is not called"
+    );
 }

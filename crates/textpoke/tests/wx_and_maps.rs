@@ -32,6 +32,10 @@ fn text_stays_file_backed_and_never_writable_and_executable() {
         .iter()
         .find(|(s, e, _, _)| (*s..*e).contains(&addr))
         .expect("site is mapped");
-    assert_eq!(std::path::Path::new(path), exe, "text mapping still names the executable");
+    assert_eq!(
+        std::path::Path::new(path),
+        exe,
+        "text mapping still names the executable"
+    );
     assert!(perms.starts_with("r-x"), "text mapping is {perms}");
 }

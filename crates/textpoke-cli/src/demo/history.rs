@@ -60,7 +60,10 @@ mod tests {
     fn stable_calls_must_match_and_overlapping_calls_may_differ() {
         let h = History::new(false);
         assert!(h.consistent(0, 0, false));
-        assert!(!h.consistent(0, 0, true), "a stable disabled key cannot take the enabled path");
+        assert!(
+            !h.consistent(0, 0, true),
+            "a stable disabled key cannot take the enabled path"
+        );
         h.begin_change();
         let mid = h.read();
         assert!(h.consistent(mid, mid, true) && h.consistent(mid, mid, false));
@@ -68,7 +71,10 @@ mod tests {
         h.end_change();
         let now = h.read();
         assert!(h.consistent(now, now, true));
-        assert!(!h.consistent(now, now, false), "after one flip the key is enabled");
+        assert!(
+            !h.consistent(now, now, false),
+            "after one flip the key is enabled"
+        );
     }
 
     #[test]

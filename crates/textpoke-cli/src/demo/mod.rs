@@ -197,7 +197,12 @@ fn progress_bar(config: &Config) -> indicatif::ProgressBar {
 }
 
 /// Calls every site in turn until told to stop, checking each result.
-fn work(first: usize, sites: &[sites::Site], histories: &[History], stop: &AtomicBool) -> WorkerTally {
+fn work(
+    first: usize,
+    sites: &[sites::Site],
+    histories: &[History],
+    stop: &AtomicBool,
+) -> WorkerTally {
     let mut tally = WorkerTally::default();
     // Workers start at different sites so that they do not move in lockstep.
     let offset = first * 97 % sites.len();
@@ -274,7 +279,7 @@ fn toggle_until(
         }
         key_toggles += chosen.len() as u64;
         round += 1;
-        if round % 64 == 0 {
+        if round.is_multiple_of(64) {
             bar.set_position(start.elapsed().as_millis() as u64);
             bar.set_message(format!("{round} changes"));
         }

@@ -27,7 +27,7 @@ macro_rules! key_group {
             }
 
             pub static SITES: [super::Site; super::PER_KEY] =
-                seq_macro::seq!(N in 0..512 { [#(site::<N>,)*] });
+        seq_macro::seq!(N in 0..512 { [#(site::<N>,)*] });
         }
     };
 }

@@ -19,7 +19,6 @@ pub use trap::{on_breakpoint, register_sites, trap_counts};
 
 pub(crate) use trap::forget_after_fork;
 
-
 use crate::arch::{BREAKPOINT, Insn};
 use crate::os::{self, Edit, PatchGuard, Segment};
 use crate::{CodeBytes, Error, Location, Result};
@@ -53,7 +52,8 @@ pub fn patch(_lock: &PatchGuard, mut pokes: Vec<Poke>) -> Result<PatchStats> {
     if trap::poisoned() {
         return Err(Error::Inconsistent {
             site: Location::of(pokes.first().map_or(0, |p| p.addr)),
-            why: "an earlier batch could not be completed or rolled back; patching is disabled".into(),
+            why: "an earlier batch could not be completed or rolled back; patching is disabled"
+                .into(),
         });
     }
     pokes.retain(|p| p.old != p.new);
@@ -103,6 +103,7 @@ fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
         }
     }
     let mut segments = Vec::with_capacity(pokes.len());
+    let mut text = os::TextMap::new();
     for p in pokes {
         if p.old.len() != p.new.len() || p.old.len() < BREAKPOINT.len() {
             return Err(Error::BadTable {
@@ -115,14 +116,17 @@ fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
                 ),
             });
         }
-        let seg = os::text_segment(p.addr, p.old.len()).ok_or_else(|| Error::OutsideText {
-            what: "site",
-            addr: Location::of(p.addr),
-            table: "(engine)",
-            object: "any loaded object".into(),
-        })?;
+        let seg = text
+            .find(p.addr, p.old.len())
+            .ok_or_else(|| Error::OutsideText {
+                what: "site",
+                addr: Location::of(p.addr),
+                table: "(engine)",
+                object: "any loaded object".into(),
+            })?;
         segments.push(seg);
-        let found = read_code(p.addr, p.old.len());
+        // SAFETY: the site lies in an executable, readable segment (checked just above).
+        let found = unsafe { std::slice::from_raw_parts(p.addr as *const u8, p.old.len()) };
         if found != p.old.as_slice() {
             return Err(Error::SiteMismatch {
                 site: Location::of(p.addr),
@@ -132,7 +136,7 @@ fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
                 },
                 found: CodeBytes {
                     addr: p.addr,
-                    bytes: found,
+                    bytes: found.to_vec(),
                 },
             });
         }
@@ -178,7 +182,9 @@ fn protocol(
     let breakpoints: Vec<Edit<'_>> = (0..pokes.len()).map(|i| edit(i, 0, BREAKPOINT)).collect();
     write_phase(&breakpoints, stats)?;
     let tails: Vec<Edit<'_>> = (0..pokes.len())
-        .filter(|&i| all_tails || to(&pokes[i]).as_slice()[head..] != from(&pokes[i]).as_slice()[head..])
+        .filter(|&i| {
+            all_tails || to(&pokes[i]).as_slice()[head..] != from(&pokes[i]).as_slice()[head..]
+        })
         .map(|i| edit(i, head, &to(&pokes[i]).as_slice()[head..]))
         .collect();
     write_phase(&tails, stats)?;

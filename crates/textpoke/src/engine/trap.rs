@@ -39,7 +39,8 @@ const REGISTRY_SLOTS: usize = 64;
 /// Sorted, leaked address arrays; a slot is written once (length first, then pointer).
 static REGISTRY_PTR: [AtomicPtr<usize>; REGISTRY_SLOTS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; REGISTRY_SLOTS];
-static REGISTRY_LEN: [AtomicUsize; REGISTRY_SLOTS] = [const { AtomicUsize::new(0) }; REGISTRY_SLOTS];
+static REGISTRY_LEN: [AtomicUsize; REGISTRY_SLOTS] =
+    [const { AtomicUsize::new(0) }; REGISTRY_SLOTS];
 
 /// Publishes a batch (sorted by address) before its first breakpoint is written.
 pub(super) fn publish(pokes: &[Poke]) -> *mut Flight {
@@ -151,5 +152,8 @@ pub(crate) fn forget_after_fork() {
 
 /// (emulated, rewound) trap counts since the process started.
 pub fn trap_counts() -> (usize, usize) {
-    (EMULATED.load(Ordering::Relaxed), REWOUND.load(Ordering::Relaxed))
+    (
+        EMULATED.load(Ordering::Relaxed),
+        REWOUND.load(Ordering::Relaxed),
+    )
 }

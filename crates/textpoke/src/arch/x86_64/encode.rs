@@ -48,7 +48,10 @@ mod tests {
     fn jump_encodes_rel32_from_end_of_instruction() {
         let code = jump_label_code(0x1000, 0x1100, true).unwrap();
         assert_eq!(code.as_slice(), &[0xe9, 0xfb, 0x00, 0x00, 0x00]);
-        assert_eq!(disassemble(0x1000, code.as_slice()), "jmp 0000000000001100h");
+        assert_eq!(
+            disassemble(0x1000, code.as_slice()),
+            "jmp 0000000000001100h"
+        );
     }
 
     #[test]

@@ -51,8 +51,12 @@ pub fn write_edits(edits: &[Edit<'_>]) -> Result<usize> {
         *guard = None;
     }
     if guard.is_none() {
-        let fd = rustix::fs::open("/proc/self/mem", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| Error::syscall("open(/proc/self/mem, O_RDWR)", e))?;
+        let fd = rustix::fs::open(
+            "/proc/self/mem",
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::syscall("open(/proc/self/mem, O_RDWR)", e))?;
         *guard = Some(MemFile { pid, fd });
     }
     let fd = &guard.as_ref().expect("opened above").fd;
@@ -100,7 +104,12 @@ fn pwrite_all(fd: &OwnedFd, mut buf: &[u8], mut addr: usize) -> Result<()> {
                 addr += n;
             }
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(Error::syscall(format!("pwrite(/proc/self/mem, {addr:#x})"), e)),
+            Err(e) => {
+                return Err(Error::syscall(
+                    format!("pwrite(/proc/self/mem, {addr:#x})"),
+                    e,
+                ));
+            }
         }
     }
     Ok(())

@@ -75,7 +75,9 @@ pub fn loaded_objects() -> Vec<Object> {
                     "<anonymous object>".into()
                 }
             } else {
-                CStr::from_ptr(info.dlpi_name).to_string_lossy().into_owned()
+                CStr::from_ptr(info.dlpi_name)
+                    .to_string_lossy()
+                    .into_owned()
             };
             let base = info.dlpi_addr as usize;
             let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
@@ -121,10 +123,40 @@ pub fn object_containing(addr: usize, len: usize) -> Option<Object> {
     find(&cached(false)).or_else(|| find(&cached(true)))
 }
 
-/// The executable segment (of any loaded object) containing `[addr, addr + len)`.
-pub fn text_segment(addr: usize, len: usize) -> Option<Segment> {
-    let find = |objs: &Vec<Object>| objs.iter().find_map(|o| o.text_segment(addr, len));
-    find(&cached(false)).or_else(|| find(&cached(true)))
+/// The executable segments of every loaded object, sorted, for many lookups in one batch.
+pub struct TextMap {
+    segments: Vec<Segment>,
+}
+
+impl TextMap {
+    /// Snapshot of the cached object map.
+    pub fn new() -> Self {
+        Self::from_objects(&cached(false))
+    }
+
+    fn from_objects(objs: &[Object]) -> Self {
+        let mut segments: Vec<Segment> = objs
+            .iter()
+            .flat_map(|o| o.segments.iter().copied().filter(|s| s.exec))
+            .collect();
+        segments.sort_unstable_by_key(|s| s.start);
+        TextMap { segments }
+    }
+
+    /// The executable segment containing `[addr, addr + len)`. On a miss, enumerates the
+    /// loaded objects again once (an object may have been loaded since).
+    pub fn find(&mut self, addr: usize, len: usize) -> Option<Segment> {
+        self.lookup(addr, len).or_else(|| {
+            *self = Self::from_objects(&cached(true));
+            self.lookup(addr, len)
+        })
+    }
+
+    fn lookup(&self, addr: usize, len: usize) -> Option<Segment> {
+        let i = self.segments.partition_point(|s| s.start <= addr);
+        let seg = *self.segments.get(i.checked_sub(1)?)?;
+        seg.contains(addr, len).then_some(seg)
+    }
 }
 
 type Named = Option<(String, usize)>;

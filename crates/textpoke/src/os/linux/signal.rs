@@ -27,7 +27,10 @@ pub fn ensure_trap_handler() -> Result<()> {
     let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: querying with a null new action changes nothing.
     if unsafe { libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut current) } != 0 {
-        return Err(Error::syscall("sigaction(SIGTRAP) query", rustix::io::Errno::from_raw_os_error(errno())));
+        return Err(Error::syscall(
+            "sigaction(SIGTRAP) query",
+            rustix::io::Errno::from_raw_os_error(errno()),
+        ));
     }
     if current.sa_sigaction == our_handler() {
         return Ok(());
@@ -44,7 +47,10 @@ pub fn ensure_trap_handler() -> Result<()> {
     let mut replaced: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: installs a valid handler; `replaced` receives what was there.
     if unsafe { libc::sigaction(libc::SIGTRAP, &ours, &mut replaced) } != 0 {
-        return Err(Error::syscall("sigaction(SIGTRAP) install", rustix::io::Errno::from_raw_os_error(errno())));
+        return Err(Error::syscall(
+            "sigaction(SIGTRAP) install",
+            rustix::io::Errno::from_raw_os_error(errno()),
+        ));
     }
     if replaced.sa_sigaction != current.sa_sigaction {
         // Someone changed the disposition between our query and install: chain to theirs.
@@ -96,8 +102,16 @@ unsafe fn breakpoint(uc: *mut libc::ucontext_t) -> bool {
 unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let prev = PREVIOUS.load(Ordering::Acquire);
     // SAFETY: `PREVIOUS` only ever holds leaked, never-freed boxes.
-    let action = if prev.is_null() { libc::SIG_DFL } else { unsafe { (*prev).sa_sigaction } };
-    let flags = if prev.is_null() { 0 } else { unsafe { (*prev).sa_flags } };
+    let action = if prev.is_null() {
+        libc::SIG_DFL
+    } else {
+        unsafe { (*prev).sa_sigaction }
+    };
+    let flags = if prev.is_null() {
+        0
+    } else {
+        unsafe { (*prev).sa_flags }
+    };
     // SAFETY: `info` is valid (see `handler`).
     let from_kernel = unsafe { (*info).si_code } == libc::SI_KERNEL;
     if action == libc::SIG_IGN && !from_kernel {
