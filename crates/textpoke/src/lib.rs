@@ -55,6 +55,7 @@ pub use engine::PatchStats;
 pub use error::{CodeBytes, Error, Result};
 pub use key::StaticKey;
 pub use location::Location;
+pub use os::{ThreadInfo, threads_blocking_sigtrap};
 pub use table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 
 /// Low-level access for textpoke's own tools and tests. Not a stable API.

@@ -82,6 +82,10 @@ fn table_is_compact_and_validated() -> Result<(), Error> {
     assert!(sites.len() >= 5, "{sites:?}");
     let bytes = textpoke::__private::jump_table_bytes();
     assert_eq!(bytes, sites.len() * textpoke::JUMP_ENTRY_SIZE);
-    assert!(bytes / sites.len() <= 16, "{bytes} bytes for {} sites", sites.len());
+    assert!(
+        bytes / sites.len() <= 16,
+        "{bytes} bytes for {} sites",
+        sites.len()
+    );
     Ok(())
 }

@@ -27,7 +27,10 @@ fn the_other_copys_lock_blocks_our_batches() {
             done.store(true, Ordering::SeqCst);
         });
         std::thread::sleep(Duration::from_millis(200));
-        assert!(!done.load(Ordering::SeqCst), "a batch ran while the other copy held the lock");
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "a batch ran while the other copy held the lock"
+        );
         assert!(!site());
         drop(held);
     });

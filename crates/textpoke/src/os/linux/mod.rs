@@ -6,12 +6,14 @@ mod mem;
 mod objects;
 mod signal;
 mod sync;
+mod threads;
 
 pub use lock::{PatchGuard, lock_shared_state_addr, patch_lock};
 pub use mem::{Edit, MERGE_GAP, write_edits};
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
+pub use threads::{ThreadInfo, threads_blocking_sigtrap};
 
 /// Makes everything a batch needs ready: the trap handler, core serialization, the writer.
 /// Cheap after the first call in a process (one `sigaction` query).
