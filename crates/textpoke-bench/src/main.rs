@@ -1,9 +1,152 @@
+//! `textpoke-bench`: textpoke measured side by side with its peers, in one process.
+//!
+//! - `toggle`: wall time to flip one key that controls N sites while busy threads run them,
+//!   textpoke against static-keys 0.8.2, plus table bytes per site for both;
+//! - `branch`: ns per iteration of a loop over one disabled branch: textpoke, `AtomicBool`,
+//!   static-keys, and an empty loop.
+//!
+//! `--json` prints one JSON object per line on stdout; otherwise a table. Errors go to stderr
+//! and make the exit status non-zero.
+
+mod affinity;
+mod branch;
+mod peer;
 mod sites;
-fn main() {
-    static_keys::global_init();
-    for g in &sites::GROUPS {
-        println!("{} tp={} sk_fns={}", g.size, (g.textpoke_key_sites)().unwrap(), g.static_keys_sites.len());
+mod stats;
+mod toggle;
+
+use std::fmt;
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An error that ends a benchmark, with a message for the user.
+#[derive(Debug)]
+pub struct BenchError(String);
+
+impl BenchError {
+    /// An error with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        BenchError(msg.into())
     }
-    println!("sk entries {}", static_keys::jump_entries_count());
-    println!("tp entries {}", textpoke::jump_sites().unwrap().len());
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+impl From<textpoke::Error> for BenchError {
+    fn from(e: textpoke::Error) -> Self {
+        BenchError(format!("textpoke: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for BenchError {
+    fn from(e: serde_json::Error) -> Self {
+        BenchError(format!("JSON: {e}"))
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, BenchError>;
+
+/// Writes one line to stdout, reporting failure (a closed pipe, say) as an error.
+pub fn print_line(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| BenchError::new(format!("writing to stdout: {e}")))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "textpoke-bench",
+    version,
+    about = "textpoke measured side by side with its peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time toggling one key that controls N sites while busy threads run them
+    /// (textpoke vs static-keys).
+    Toggle(toggle::ToggleArgs),
+    /// ns per iteration of a loop over one disabled branch (textpoke, AtomicBool, static-keys).
+    Branch(branch::BranchArgs),
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Toggle(args) => {
+            if args.json {
+                toggle::run(&args, &mut |row| print_line(&serde_json::to_string(row)?))
+            } else {
+                let mut table = toggle::TablePrinter::new();
+                toggle::run(&args, &mut |row| table.row(row))?;
+                table.finish()
+            }
+        }
+        Command::Branch(args) => {
+            let row = branch::run(&args)?;
+            if args.json {
+                print_line(&serde_json::to_string(&row)?)
+            } else {
+                branch::print_table(&row)
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("textpoke-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, MutexGuard};
+
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// Runs the tests of this crate one at a time: they share keys, and static-keys must not
+    /// patch code that another test is running.
+    pub fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[test]
+    fn cli_parses_size_lists() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "textpoke-bench",
+            "toggle",
+            "--sites",
+            "1,10,100",
+            "--busy-threads",
+            "2",
+            "--json",
+        ])
+        .expect("valid command line");
+        match cli.command {
+            super::Command::Toggle(a) => {
+                assert_eq!(a.sites, [1, 10, 100]);
+                assert_eq!(a.busy_threads, 2);
+                assert!(a.json);
+            }
+            super::Command::Branch(_) => panic!("parsed as branch"),
+        }
+    }
 }

@@ -1,0 +1,600 @@
+//! `toggle`: how long it takes to flip one key that controls N sites while other threads run
+//! those sites, for textpoke and static-keys in the same process, on sites built the same way.
+//!
+//! For each size, and for each library in turn:
+//!
+//! 1. the key's site count is verified (textpoke's `StaticKey::sites`, static-keys' table), and
+//!    every site's value is checked after an enable and after a disable (this also warms up:
+//!    textpoke builds its index, and the first write to each code page copies it);
+//! 2. `busy_threads` threads start calling every site of the key in a loop, each pinned to a CPU
+//!    other than the patching thread's (when there is one), so that they really run meanwhile;
+//! 3. the key is toggled `samples` times, alternating enable and disable, each toggle timed on
+//!    its own; the median is reported;
+//! 4. the busy threads stop, the key is left disabled, and the sites are checked once more.
+//!
+//! static-keys patches each site by swapping in a patched copy of its page with `mremap`, and its
+//! docs call toggling while other threads run unsupported. By default its busy threads run its
+//! own sites anyway, so that both libraries work under the same load; the `note` of every row
+//! says which way it was measured, and `--static-keys-busy none` measures it without them.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+use textpoke::{Batch, PatchStats};
+
+use crate::affinity::{self, CpuMask, Placement};
+use crate::sites::{self, SiteGroup};
+use crate::{BenchError, Result, peer, stats};
+
+/// What the busy threads run while static-keys' key is toggled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerBusy {
+    /// Its own sites, as textpoke's busy threads run textpoke's (unsupported by static-keys).
+    Own,
+    /// No busy threads at all while static-keys toggles (what static-keys supports).
+    None,
+}
+
+/// Options of the `toggle` subcommand.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ToggleArgs {
+    /// Sites controlled by the measured key; a comma list measures each size in turn.
+    /// Sizes: 1, 10, 100, 1000, 10000.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub sites: Vec<usize>,
+    /// Threads calling every site of the measured key while it is toggled.
+    #[arg(long, default_value_t = 1)]
+    pub busy_threads: usize,
+    /// Timed toggles of textpoke's key per size.
+    #[arg(long, default_value_t = 101)]
+    pub samples: usize,
+    /// Timed toggles of static-keys' key per size [default: as many as fit
+    /// --static-keys-budget-ms, at least 11 and at most --samples].
+    #[arg(long)]
+    pub static_keys_samples: Option<usize>,
+    /// Time to spend on static-keys' timed toggles per size, in milliseconds, when
+    /// --static-keys-samples is not given.
+    #[arg(long, default_value_t = 3000)]
+    pub static_keys_budget_ms: u64,
+    /// What busy threads run while static-keys toggles.
+    #[arg(long, value_enum, default_value_t = PeerBusy::Own)]
+    pub static_keys_busy: PeerBusy,
+    /// Leave thread placement to the scheduler instead of pinning the patching thread and the
+    /// busy threads to different CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Print one JSON object per size on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One size's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToggleRow {
+    /// Sites controlled by each measured key.
+    pub sites: usize,
+    /// Threads calling the sites during the timed toggles.
+    pub busy_threads: usize,
+    /// Median wall time of one textpoke toggle, in microseconds.
+    pub textpoke_us_median: f64,
+    /// Median wall time of one static-keys toggle, in microseconds.
+    pub static_keys_us_median: f64,
+    /// `static_keys_us_median / textpoke_us_median`.
+    pub speedup: f64,
+    /// textpoke's table section size over its number of entries.
+    pub table_bytes_per_site: f64,
+    /// static-keys' table section size over its number of entries.
+    pub static_keys_table_bytes_per_site: f64,
+    /// Timed textpoke toggles.
+    pub textpoke_samples: usize,
+    /// Timed static-keys toggles.
+    pub static_keys_samples: usize,
+    /// `pwrite` calls per textpoke toggle (median over the samples, from `PatchStats`).
+    pub writes: usize,
+    /// Core serializations per textpoke toggle (median over the samples, from `PatchStats`).
+    pub syncs: usize,
+    /// 90th percentile of textpoke's toggle times, in microseconds.
+    pub textpoke_us_p90: f64,
+    /// 90th percentile of static-keys' toggle times, in microseconds.
+    pub static_keys_us_p90: f64,
+    /// Site calls the busy threads made while textpoke's key was being toggled.
+    pub textpoke_busy_calls: u64,
+    /// Site calls the busy threads made while static-keys' key was being toggled.
+    pub static_keys_busy_calls: u64,
+    /// How the comparison was made, and anything it could not do.
+    pub note: String,
+}
+
+/// Measures every size in `args.sites`, handing each row to `out` as soon as it is ready.
+pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> Result<()> {
+    if args.sites.is_empty() {
+        return Err(BenchError::new("--sites names no size"));
+    }
+    // Every size is checked before anything is measured.
+    let groups = args
+        .sites
+        .iter()
+        .map(|&n| {
+            sites::group(n).ok_or_else(|| {
+                BenchError::new(format!(
+                    "no key controls exactly {n} sites; --sites takes {}",
+                    sites::sizes()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if args.samples == 0 || args.static_keys_samples == Some(0) {
+        return Err(BenchError::new("sample counts must be at least 1"));
+    }
+    peer::init();
+    for group in groups {
+        out(&measure(group, args)?)?;
+    }
+    Ok(())
+}
+
+/// How many entries static-keys' table must hold for a key with `size` sites. At opt-level 0
+/// its `static_branch_unlikely!` keeps both arms of `if key.initial_enabled()`, so every site
+/// also emits a dead JMP-form copy with its own entry.
+fn expected_peer_entries(size: usize) -> usize {
+    if cfg!(debug_assertions) {
+        2 * size
+    } else {
+        size
+    }
+}
+
+/// Checks that each of `group`'s keys controls exactly its sites, and nothing else.
+pub fn verify(group: &SiteGroup) -> Result<()> {
+    let n = group.size;
+    let found = group.textpoke_key.sites()?.len();
+    if found != n || group.textpoke_sites.len() != n {
+        return Err(BenchError::new(format!(
+            "textpoke's key for the {n}-site group controls {found} sites and the group has {} \
+             site functions; expected {n} of each (were site functions merged or dropped?)",
+            group.textpoke_sites.len()
+        )));
+    }
+    let found = peer::entries_of(group.static_keys_key)?;
+    let want = expected_peer_entries(n);
+    if found != want || group.static_keys_sites.len() != n {
+        return Err(BenchError::new(format!(
+            "static-keys' key for the {n}-site group has {found} table entries and the group has \
+             {} site functions; expected {want} and {n} (were site functions merged or dropped?)",
+            group.static_keys_sites.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Fails unless every site returns `want`.
+fn check_sites(lib: &str, sites: &[fn() -> bool], want: bool) -> Result<()> {
+    match sites.iter().position(|f| f() != want) {
+        None => Ok(()),
+        Some(i) => Err(BenchError::new(format!(
+            "{lib} site {i} of {} returns {} while its key is {}",
+            sites.len(),
+            !want,
+            if want { "enabled" } else { "disabled" }
+        ))),
+    }
+}
+
+/// Enables and disables a key, checking every site after each.
+fn check_toggle(
+    lib: &str,
+    sites: &[fn() -> bool],
+    mut set: impl FnMut(bool) -> Result<()>,
+) -> Result<()> {
+    check_sites(lib, sites, false)?;
+    set(true)?;
+    check_sites(lib, sites, true)?;
+    set(false)?;
+    check_sites(lib, sites, false)
+}
+
+/// Runs `body` while `threads` threads call every function in `sites` over and over, busy
+/// thread `i` pinned to `placement.busy_cpu(i)` when there is a placement. Returns what `body`
+/// returned and the number of calls the threads made. The threads have each made one full pass
+/// before `body` starts, and are stopped and joined before this returns.
+fn with_busy_threads<T>(
+    threads: usize,
+    placement: Option<&Placement>,
+    sites: &'static [fn() -> bool],
+    body: impl FnOnce() -> Result<T>,
+) -> Result<(T, u64)> {
+    let stop = AtomicBool::new(false);
+    let ready = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut spawn_error = None;
+        for i in 0..threads {
+            let spawned = std::thread::Builder::new()
+                .name(format!("busy-{i}"))
+                .spawn_scoped(scope, {
+                    let (stop, ready) = (&stop, &ready);
+                    move || -> Result<u64> {
+                        if let Some(p) = placement
+                            && let Err(e) = CpuMask::only(p.busy_cpu(i)).apply()
+                        {
+                            ready.fetch_add(1, Ordering::Release);
+                            return Err(e);
+                        }
+                        let sites = black_box(sites);
+                        let mut passes = 0u64;
+                        loop {
+                            for f in sites {
+                                black_box(f());
+                            }
+                            passes += 1;
+                            if passes == 1 {
+                                ready.fetch_add(1, Ordering::Release);
+                            }
+                            if stop.load(Ordering::Relaxed) {
+                                return Ok(passes);
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    spawn_error = Some(BenchError::new(format!("cannot start busy thread: {e}")));
+                    break;
+                }
+            }
+        }
+        let result = match spawn_error {
+            Some(e) => Err(e),
+            None => {
+                while ready.load(Ordering::Acquire) < handles.len() {
+                    std::thread::yield_now();
+                }
+                body()
+            }
+        };
+        stop.store(true, Ordering::Relaxed);
+        let mut passes = 0u64;
+        let mut thread_error = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(p)) => passes += p,
+                Ok(Err(e)) => thread_error = Some(e),
+                Err(_) => thread_error = Some(BenchError::new("a busy thread panicked")),
+            }
+        }
+        let value = result?;
+        match thread_error {
+            Some(e) => Err(e),
+            None => Ok((value, passes * sites.len() as u64)),
+        }
+    })
+}
+
+/// Toggles `samples` times, alternating enable (first) and disable, timing each toggle in
+/// microseconds. Leaves the key disabled.
+fn time_toggles(samples: usize, mut set: impl FnMut(bool) -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let on = i % 2 == 0;
+        let start = Instant::now();
+        set(on)?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    if samples % 2 == 1 {
+        set(false)?;
+    }
+    Ok(times)
+}
+
+/// Puts the calling thread's affinity back when dropped.
+struct RestoreAffinity(CpuMask);
+
+impl Drop for RestoreAffinity {
+    fn drop(&mut self) {
+        // Best effort: the mask was the thread's own a moment ago, and a failure here leaves the
+        // thread pinned, which is harmless.
+        let _ = self.0.apply();
+    }
+}
+
+/// Measures one group: textpoke first, then static-keys.
+pub fn measure(group: &'static SiteGroup, args: &ToggleArgs) -> Result<ToggleRow> {
+    let n = group.size;
+    verify(group)?;
+    let saved = affinity::current()?;
+    let _restore = RestoreAffinity(saved);
+    let placement = if args.no_pin {
+        None
+    } else {
+        let p = Placement::over(&saved.cpus())?;
+        CpuMask::only(p.main).apply()?;
+        Some(p)
+    };
+
+    // textpoke.
+    let key = group.textpoke_key;
+    let mut stats: Vec<PatchStats> = Vec::with_capacity(args.samples + 1);
+    let mut set_textpoke = |on: bool| -> Result<()> {
+        let s = Batch::new().set(key, on).commit()?;
+        if s.sites != n {
+            return Err(BenchError::new(format!(
+                "a textpoke toggle of the {n}-site key patched {} sites",
+                s.sites
+            )));
+        }
+        stats.push(s);
+        Ok(())
+    };
+    check_toggle("textpoke", group.textpoke_sites, &mut set_textpoke)?;
+    let (textpoke_times, textpoke_busy_calls) = with_busy_threads(
+        args.busy_threads,
+        placement.as_ref(),
+        group.textpoke_sites,
+        || time_toggles(args.samples, &mut set_textpoke),
+    )?;
+    check_sites("textpoke", group.textpoke_sites, false)?;
+    let timed_stats = &stats[2..2 + args.samples];
+    let writes = stats::median_usize(timed_stats.iter().map(|s| s.writes));
+    let syncs = stats::median_usize(timed_stats.iter().map(|s| s.syncs));
+
+    // static-keys.
+    let peer_key = group.static_keys_key;
+    let set_peer = |on: bool| -> Result<()> {
+        // SAFETY: `peer::set` wants no other thread running the key's sites unless the risk is
+        // accepted. With `--static-keys-busy own` it is, deliberately, and reported in the
+        // row's note: static-keys swaps in a fully patched copy of each page with one `mremap`,
+        // so a thread running the page sees either the old or the new page, never a torn
+        // instruction, and the TLB shootdown of `mremap` interrupts (hence serializes) it.
+        unsafe { peer::set(peer_key, on) }
+    };
+    let peer_busy = match args.static_keys_busy {
+        PeerBusy::Own => args.busy_threads,
+        PeerBusy::None => 0,
+    };
+    check_toggle("static-keys", group.static_keys_sites, set_peer)?;
+    let (peer_times, static_keys_busy_calls) = with_busy_threads(
+        peer_busy,
+        placement.as_ref(),
+        group.static_keys_sites,
+        || {
+            let samples = match args.static_keys_samples {
+                Some(s) => s,
+                None => {
+                    // One timed pair under load sets the sample count for the budget.
+                    let warm = time_toggles(2, set_peer)?;
+                    let per_toggle = warm.iter().copied().fold(1.0, f64::max);
+                    let fit = (args.static_keys_budget_ms as f64 * 1e3 / per_toggle) as usize;
+                    let floor = 11.min(args.samples);
+                    (fit.clamp(floor, args.samples.max(floor)) - 1) | 1
+                }
+            };
+            time_toggles(samples, set_peer)
+        },
+    )?;
+    check_sites("static-keys", group.static_keys_sites, false)?;
+
+    let textpoke_us_median = stats::median(&textpoke_times);
+    let static_keys_us_median = stats::median(&peer_times);
+    Ok(ToggleRow {
+        sites: n,
+        busy_threads: args.busy_threads,
+        textpoke_us_median,
+        static_keys_us_median,
+        speedup: static_keys_us_median / textpoke_us_median,
+        table_bytes_per_site: textpoke_table_bytes_per_site()?,
+        static_keys_table_bytes_per_site: peer::table_bytes_per_site(),
+        textpoke_samples: textpoke_times.len(),
+        static_keys_samples: peer_times.len(),
+        writes,
+        syncs,
+        textpoke_us_p90: stats::percentile(&textpoke_times, 0.9),
+        static_keys_us_p90: stats::percentile(&peer_times, 0.9),
+        textpoke_busy_calls,
+        static_keys_busy_calls,
+        note: note(n, args.busy_threads, peer_busy, placement.as_ref()),
+    })
+}
+
+/// textpoke's table section size over its number of entries.
+pub fn textpoke_table_bytes_per_site() -> Result<f64> {
+    let entries = textpoke::jump_sites()?.len();
+    let bytes = textpoke::__private::jump_table_bytes();
+    Ok(if entries == 0 {
+        0.0
+    } else {
+        bytes as f64 / entries as f64
+    })
+}
+
+fn note(n: usize, busy: usize, peer_busy: usize, placement: Option<&Placement>) -> String {
+    let mut note = format!(
+        "each library toggled one key controlling exactly {n} sites (counts verified from both \
+         tables, every site's value checked after enable and disable), alternating \
+         enable/disable, timing each toggle"
+    );
+    if busy == 0 {
+        note.push_str("; no busy threads");
+    } else {
+        note.push_str(&format!(
+            "; textpoke ran with {busy} busy thread(s) calling all {n} of its sites"
+        ));
+        if peer_busy == busy {
+            note.push_str(&format!(
+                "; static-keys likewise ran with {busy} busy thread(s) calling its own {n} sites, \
+                 which its docs call unsupported (it swaps in a patched copy of each page with \
+                 mremap); it did not crash in this run, but it still serializes no core"
+            ));
+        } else {
+            note.push_str(
+                "; static-keys ran with NO busy threads (--static-keys-busy none), as its docs \
+                 require",
+            );
+        }
+    }
+    match placement {
+        Some(p) => note.push_str(&format!("; {}", p.describe(busy))),
+        None => note.push_str("; threads placed by the scheduler (--no-pin)"),
+    }
+    if cfg!(debug_assertions) {
+        note.push_str(
+            "; DEBUG BUILD: times are not representative, and static-keys also patches a dead \
+             JMP-form copy of each site that opt-level 0 keeps",
+        );
+    }
+    note
+}
+
+/// Prints rows as a table on stdout.
+pub struct TablePrinter {
+    header_done: bool,
+    notes: Vec<String>,
+}
+
+impl TablePrinter {
+    /// A printer that has printed nothing yet.
+    pub fn new() -> Self {
+        TablePrinter {
+            header_done: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Prints one row (and the header before the first).
+    pub fn row(&mut self, r: &ToggleRow) -> Result<()> {
+        if !self.header_done {
+            crate::print_line(&format!(
+                "{:>6} {:>5} | {:>12} {:>10} | {:>14} {:>10} | {:>8} | {:>6} {:>5} | {:>12}",
+                "sites",
+                "busy",
+                "textpoke µs",
+                "p90",
+                "static-keys µs",
+                "p90",
+                "speedup",
+                "writes",
+                "syncs",
+                "table B/site"
+            ))?;
+            self.header_done = true;
+        }
+        crate::print_line(&format!(
+            "{:>6} {:>5} | {:>12.1} {:>10.1} | {:>14.1} {:>10.1} | {:>7.1}x | {:>6} {:>5} | {:>5} vs {:>2}",
+            r.sites,
+            r.busy_threads,
+            r.textpoke_us_median,
+            r.textpoke_us_p90,
+            r.static_keys_us_median,
+            r.static_keys_us_p90,
+            r.speedup,
+            r.writes,
+            r.syncs,
+            r.table_bytes_per_site,
+            r.static_keys_table_bytes_per_site
+        ))?;
+        self.notes.push(format!(
+            "{} sites ({} textpoke / {} static-keys samples): {}",
+            r.sites, r.textpoke_samples, r.static_keys_samples, r.note
+        ));
+        Ok(())
+    }
+
+    /// Prints the notes collected from every row.
+    pub fn finish(self) -> Result<()> {
+        for n in self.notes {
+            crate::print_line(&format!("note: {n}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_controls_exactly_its_group() -> Result<()> {
+        let _serial = crate::tests::serial();
+        peer::init();
+        for group in &sites::GROUPS {
+            verify(group)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tiny_toggle_run_gives_a_complete_json_object() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let args = ToggleArgs {
+            sites: vec![1, 10],
+            busy_threads: 1,
+            samples: 5,
+            static_keys_samples: Some(3),
+            static_keys_budget_ms: 1,
+            static_keys_busy: PeerBusy::Own,
+            no_pin: false,
+            json: true,
+        };
+        let mut lines = Vec::new();
+        run(&args, &mut |row| {
+            lines.push(serde_json::to_string(row)?);
+            Ok(())
+        })?;
+        assert_eq!(lines.len(), 2);
+        for (line, n) in lines.iter().zip([1u64, 10]) {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let num = |k: &str| {
+                v.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or_else(|| panic!("{k} missing or not a number in {line}"))
+            };
+            assert_eq!(v["sites"].as_u64(), Some(n));
+            assert_eq!(v["busy_threads"].as_u64(), Some(1));
+            assert_eq!(v["textpoke_samples"].as_u64(), Some(5));
+            assert_eq!(v["static_keys_samples"].as_u64(), Some(3));
+            for k in ["textpoke_us_median", "static_keys_us_median", "speedup"] {
+                assert!(num(k) > 0.0 && num(k).is_finite(), "{k} in {line}");
+            }
+            assert_eq!(
+                num("table_bytes_per_site"),
+                textpoke::JUMP_ENTRY_SIZE as f64
+            );
+            assert_eq!(num("static_keys_table_bytes_per_site"), 24.0);
+            assert_eq!(num("syncs"), 3.0, "three core syncs per toggle: {line}");
+            assert!(num("writes") >= 2.0, "{line}");
+            assert!(num("textpoke_busy_calls") > 0.0 && num("static_keys_busy_calls") > 0.0);
+            assert!(v["note"].as_str().is_some_and(|s| !s.is_empty()));
+        }
+        for group in &sites::GROUPS {
+            assert!(!group.textpoke_key.is_enabled());
+            check_sites("textpoke", group.textpoke_sites, false)?;
+            check_sites("static-keys", group.static_keys_sites, false)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_sizes_are_refused_before_anything_runs() {
+        let _serial = crate::tests::serial();
+        let args = ToggleArgs {
+            sites: vec![1, 5000],
+            busy_threads: 0,
+            samples: 1,
+            static_keys_samples: Some(1),
+            static_keys_budget_ms: 1,
+            static_keys_busy: PeerBusy::None,
+            no_pin: true,
+            json: true,
+        };
+        let mut rows = 0;
+        let err = run(&args, &mut |_| {
+            rows += 1;
+            Ok(())
+        })
+        .expect_err("5000 is not a group size");
+        assert_eq!(rows, 0);
+        assert!(err.to_string().contains("5000"), "{err}");
+    }
+}
