@@ -1,6 +1,7 @@
 //! Static keys: booleans that live in the code as a NOP or a JMP at every site.
 
 use std::marker::PhantomData;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
@@ -225,8 +226,11 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
 /// Patches every site of every key from its `from` state to its `to` state, as one batch.
 /// Counts are the caller's business.
 pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> Result<PatchStats> {
+    // Reused across batches; only touched under the patch lock.
+    static POKES: Mutex<Vec<Poke>> = Mutex::new(Vec::new());
     let index = jump_index(lock)?;
-    let mut pokes = Vec::new();
+    let mut pokes = POKES.lock().unwrap_or_else(|e| e.into_inner());
+    pokes.clear();
     for &(key, from, to) in keys {
         if from != to {
             for site in index.sites_of(key.addr()) {
@@ -234,7 +238,7 @@ pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> 
             }
         }
     }
-    engine::patch(lock, pokes)
+    engine::patch(lock, &mut pokes)
 }
 
 /// Sets each key to its wanted state in one batch (last word wins for a repeated key).

@@ -62,8 +62,8 @@ pub use table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
-    pub use crate::engine::{read_code, trap_counts};
-    pub use crate::os::{MERGE_GAP, loaded_objects, lock_shared_state_addr};
+    pub use crate::engine::{MERGE_GAP, read_code, trap_counts};
+    pub use crate::os::{loaded_objects, lock_shared_state_addr};
     pub use crate::table::jump_table_bytes;
 
     /// The compile-time initial state of a key, for the site macros.

@@ -12,15 +12,20 @@
 //! 3. withdraws the batch and waits until no trap handler still reads it.
 
 mod code;
+mod runs;
 mod trap;
 
 pub use code::Code;
+pub use runs::MERGE_GAP;
+use runs::Run;
 pub use trap::{on_breakpoint, register_sites, trap_counts};
 
 pub(crate) use trap::forget_after_fork;
 
 use crate::arch::{BREAKPOINT, Insn};
-use crate::os::{self, Edit, PatchGuard, Segment};
+use std::sync::Mutex;
+
+use crate::os::{self, PatchGuard};
 use crate::{CodeBytes, Error, Location, Result};
 
 /// One site's change.
@@ -47,8 +52,11 @@ pub struct PatchStats {
     pub syncs: usize,
 }
 
-/// Applies `pokes` as one transaction. See the module docs for the protocol.
-pub fn patch(_lock: &PatchGuard, mut pokes: Vec<Poke>) -> Result<PatchStats> {
+static SCRATCH: Mutex<Option<Scratch>> = Mutex::new(None);
+
+/// Applies `pokes` as one transaction. See the module docs for the protocol. `pokes` is left
+/// sorted and without no-op entries; callers may reuse its allocation.
+pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
     if trap::poisoned() {
         return Err(Error::Inconsistent {
             site: Location::of(pokes.first().map_or(0, |p| p.addr)),
@@ -61,20 +69,23 @@ pub fn patch(_lock: &PatchGuard, mut pokes: Vec<Poke>) -> Result<PatchStats> {
         return Ok(PatchStats::default());
     }
     pokes.sort_unstable_by_key(|p| p.addr);
-    let segments = validate(&pokes)?;
+    let mut scratch = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = scratch.get_or_insert_with(Scratch::default);
+    validate(pokes, &mut scratch.segments)?;
+    runs::plan(pokes, &scratch.segments, &mut scratch.runs);
     os::prepare_for_patching()?;
 
-    let flight = trap::publish(&pokes);
+    let flight = trap::publish(pokes);
     let mut stats = PatchStats {
         sites: pokes.len(),
         ..PatchStats::default()
     };
-    match run_phases(&pokes, &segments, &mut stats) {
+    match run_phases(pokes, scratch, &mut stats) {
         Ok(()) => {
             trap::withdraw(flight);
             Ok(stats)
         }
-        Err(e) => match roll_back(&pokes, &segments, &mut stats) {
+        Err(e) => match roll_back(pokes, scratch, &mut stats) {
             Ok(()) => {
                 trap::withdraw(flight);
                 Err(e)
@@ -92,8 +103,9 @@ pub fn patch(_lock: &PatchGuard, mut pokes: Vec<Poke>) -> Result<PatchStats> {
     }
 }
 
-/// Checks the whole batch before anything is written. Returns each poke's segment.
-fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
+/// Checks the whole batch before anything is written. Fills `segments` with the start of each
+/// poke's executable segment.
+fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
     for pair in pokes.windows(2) {
         if pair[0].addr + pair[0].old.len() > pair[1].addr {
             return Err(Error::OverlappingPatches {
@@ -102,8 +114,9 @@ fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
             });
         }
     }
-    let mut segments = Vec::with_capacity(pokes.len());
+    segments.clear();
     let mut text = os::TextMap::new();
+    let mut last: Option<os::Segment> = None;
     for p in pokes {
         if p.old.len() != p.new.len() || p.old.len() < BREAKPOINT.len() {
             return Err(Error::BadTable {
@@ -116,15 +129,20 @@ fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
                 ),
             });
         }
-        let seg = text
-            .find(p.addr, p.old.len())
-            .ok_or_else(|| Error::OutsideText {
-                what: "site",
-                addr: Location::of(p.addr),
-                table: "(engine)",
-                object: "any loaded object".into(),
-            })?;
-        segments.push(seg);
+        // Sorted pokes mostly share the previous one's segment.
+        let seg = match last {
+            Some(seg) if seg.contains(p.addr, p.old.len()) => seg,
+            _ => text
+                .find(p.addr, p.old.len())
+                .ok_or_else(|| Error::OutsideText {
+                    what: "site",
+                    addr: Location::of(p.addr),
+                    table: "(engine)",
+                    object: "any loaded object".into(),
+                })?,
+        };
+        last = Some(seg);
+        segments.push(seg.start);
         // SAFETY: the site lies in an executable, readable segment (checked just above).
         let found = unsafe { std::slice::from_raw_parts(p.addr as *const u8, p.old.len()) };
         if found != p.old.as_slice() {
@@ -141,7 +159,7 @@ fn validate(pokes: &[Poke]) -> Result<Vec<Segment>> {
             });
         }
     }
-    Ok(segments)
+    Ok(())
 }
 
 /// Reads `len` bytes of code at `addr`.
@@ -153,53 +171,60 @@ pub fn read_code(addr: usize, len: usize) -> Vec<u8> {
     out
 }
 
-fn write_phase(edits: &[Edit<'_>], stats: &mut PatchStats) -> Result<()> {
-    if edits.is_empty() {
-        return Ok(());
+/// Buffers reused across batches (only touched under the patch lock): fresh ones per batch
+/// would fault in fresh pages every time.
+#[derive(Default)]
+struct Scratch {
+    segments: Vec<usize>,
+    runs: Vec<Run>,
+    buf: Vec<u8>,
+}
+
+/// Writes one phase, run by run, then serializes all cores.
+fn write_phase(
+    pokes: &[Poke],
+    scratch: &mut Scratch,
+    bytes: impl Fn(&Poke) -> (usize, &[u8]) + Copy,
+    stats: &mut PatchStats,
+) -> Result<()> {
+    for run in &scratch.runs {
+        runs::image(run, pokes, bytes, &mut scratch.buf);
+        os::write_code(run.start, &scratch.buf)?;
+        stats.writes += 1;
     }
-    stats.writes += os::write_edits(edits)?;
     os::serialize_all_cores()?;
     stats.syncs += 1;
     Ok(())
 }
 
-/// The breakpoint-first protocol, writing `to(p)` over every site. With `all_tails` false,
-/// tails that `to` and `from` agree on are not written (and that phase may vanish).
+/// The breakpoint-first protocol, writing `to(p)` over every site. With `all_tails` false, the
+/// tail phase is skipped when no site's tail changes.
 fn protocol(
     pokes: &[Poke],
-    segs: &[Segment],
+    scratch: &mut Scratch,
     to: fn(&Poke) -> &Code,
     from: fn(&Poke) -> &Code,
     all_tails: bool,
     stats: &mut PatchStats,
 ) -> Result<()> {
     let head = BREAKPOINT.len();
-    let edit = |i: usize, off: usize, bytes| Edit {
-        addr: pokes[i].addr + off,
-        bytes,
-        segment: segs[i].start,
-    };
-    let breakpoints: Vec<Edit<'_>> = (0..pokes.len()).map(|i| edit(i, 0, BREAKPOINT)).collect();
-    write_phase(&breakpoints, stats)?;
-    let tails: Vec<Edit<'_>> = (0..pokes.len())
-        .filter(|&i| {
-            all_tails || to(&pokes[i]).as_slice()[head..] != from(&pokes[i]).as_slice()[head..]
-        })
-        .map(|i| edit(i, head, &to(&pokes[i]).as_slice()[head..]))
-        .collect();
-    write_phase(&tails, stats)?;
-    let heads: Vec<Edit<'_>> = (0..pokes.len())
-        .map(|i| edit(i, 0, &to(&pokes[i]).as_slice()[..head]))
-        .collect();
-    write_phase(&heads, stats)
+    write_phase(pokes, scratch, |_| (0, BREAKPOINT), stats)?;
+    if all_tails
+        || pokes
+            .iter()
+            .any(|p| to(p).as_slice()[head..] != from(p).as_slice()[head..])
+    {
+        write_phase(pokes, scratch, |p| (head, &to(p).as_slice()[head..]), stats)?;
+    }
+    write_phase(pokes, scratch, |p| (0, &to(p).as_slice()[..head]), stats)
 }
 
-fn run_phases(pokes: &[Poke], segs: &[Segment], stats: &mut PatchStats) -> Result<()> {
-    protocol(pokes, segs, |p| &p.new, |p| &p.old, false, stats)
+fn run_phases(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {
+    protocol(pokes, scratch, |p| &p.new, |p| &p.old, false, stats)
 }
 
 /// Restores every site's old bytes after a failed batch, breakpoint still first. Tails may have
 /// been partly written, so all of them are rewritten.
-fn roll_back(pokes: &[Poke], segs: &[Segment], stats: &mut PatchStats) -> Result<()> {
-    protocol(pokes, segs, |p| &p.old, |p| &p.new, true, stats)
+fn roll_back(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {
+    protocol(pokes, scratch, |p| &p.old, |p| &p.new, true, stats)
 }

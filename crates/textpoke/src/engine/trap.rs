@@ -42,17 +42,31 @@ static REGISTRY_PTR: [AtomicPtr<usize>; REGISTRY_SLOTS] =
 static REGISTRY_LEN: [AtomicUsize; REGISTRY_SLOTS] =
     [const { AtomicUsize::new(0) }; REGISTRY_SLOTS];
 
+/// A withdrawn flight kept for reuse, so a batch does not allocate its trap table afresh.
+static SPARE: AtomicPtr<Flight> = AtomicPtr::new(std::ptr::null_mut());
+
 /// Publishes a batch (sorted by address) before its first breakpoint is written.
 pub(super) fn publish(pokes: &[Poke]) -> *mut Flight {
-    let flight = Box::into_raw(Box::new(Flight {
-        addrs: pokes.iter().map(|p| p.addr).collect(),
-        insns: pokes.iter().map(|p| p.insn).collect(),
-    }));
+    let spare = SPARE.swap(std::ptr::null_mut(), Ordering::Acquire);
+    let mut flight = if spare.is_null() {
+        Box::new(Flight {
+            addrs: Vec::new(),
+            insns: Vec::new(),
+        })
+    } else {
+        // SAFETY: SPARE only holds flights that `withdraw` took back from every reader.
+        unsafe { Box::from_raw(spare) }
+    };
+    flight.addrs.clear();
+    flight.insns.clear();
+    flight.addrs.extend(pokes.iter().map(|p| p.addr));
+    flight.insns.extend(pokes.iter().map(|p| p.insn));
+    let flight = Box::into_raw(flight);
     FLIGHT.store(flight, Ordering::SeqCst);
     flight
 }
 
-/// Withdraws a batch after its last core sync and frees it once no handler reads it.
+/// Withdraws a batch after its last core sync, and keeps it for reuse once no handler reads it.
 pub(super) fn withdraw(flight: *mut Flight) {
     FLIGHT.store(std::ptr::null_mut(), Ordering::SeqCst);
     let mut spins = 0u32;
@@ -64,9 +78,13 @@ pub(super) fn withdraw(flight: *mut Flight) {
             std::thread::yield_now();
         }
     }
-    // SAFETY: `flight` came from `publish`, is no longer reachable through `FLIGHT`, and every
-    // handler that loaded it has finished (READERS was zero after the store above).
-    drop(unsafe { Box::from_raw(flight) });
+    // `flight` is no longer reachable through FLIGHT, and every handler that loaded it has
+    // finished (READERS was zero after the store above): it is ours again.
+    let old = SPARE.swap(flight, Ordering::Release);
+    if !old.is_null() {
+        // SAFETY: a spare is owned by SPARE alone; we just took it out.
+        drop(unsafe { Box::from_raw(old) });
+    }
 }
 
 static POISONED: AtomicBool = AtomicBool::new(false);

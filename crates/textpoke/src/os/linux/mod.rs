@@ -9,7 +9,7 @@ mod sync;
 mod threads;
 
 pub use lock::{PatchGuard, lock_shared_state_addr, patch_lock};
-pub use mem::{Edit, MERGE_GAP, write_edits};
+pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
