@@ -60,6 +60,17 @@ impl CpuMask {
     }
 }
 
+/// Puts the calling thread's affinity back when dropped.
+pub struct RestoreAffinity(pub CpuMask);
+
+impl Drop for RestoreAffinity {
+    fn drop(&mut self) {
+        // Best effort: the mask was the thread's own a moment ago, and a failure here leaves the
+        // thread pinned, which is harmless.
+        let _ = self.0.apply();
+    }
+}
+
 /// Where the patching thread and each busy thread run.
 pub struct Placement {
     /// The patching thread's CPU.

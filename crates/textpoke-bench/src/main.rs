@@ -3,7 +3,9 @@
 //! - `toggle`: wall time to flip one key that controls N sites while busy threads run them,
 //!   textpoke against static-keys 0.8.2, plus table bytes per site for both;
 //! - `branch`: ns per iteration of a loop over one disabled branch: textpoke, `AtomicBool`,
-//!   static-keys, and an empty loop.
+//!   static-keys, and an empty loop;
+//! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
+//!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
 //! `--json` prints one JSON object per line on stdout; otherwise a table. Errors go to stderr
 //! and make the exit status non-zero.
@@ -11,6 +13,7 @@
 mod affinity;
 mod branch;
 mod peer;
+mod raw;
 mod sites;
 mod stats;
 mod toggle;
@@ -81,6 +84,9 @@ enum Command {
     Toggle(toggle::ToggleArgs),
     /// ns per iteration of a loop over one disabled branch (textpoke, AtomicBool, static-keys).
     Branch(branch::BranchArgs),
+    /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
+    /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
+    Raw(raw::RawArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -100,6 +106,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_line(&serde_json::to_string(&row)?)
             } else {
                 branch::print_table(&row)
+            }
+        }
+        Command::Raw(args) => {
+            let row = raw::run(&args)?;
+            if args.json {
+                print_line(&serde_json::to_string(&row)?)
+            } else {
+                raw::print_table(&row)
             }
         }
     }
@@ -146,7 +160,7 @@ mod tests {
                 assert_eq!(a.busy_threads, 2);
                 assert!(a.json);
             }
-            super::Command::Branch(_) => panic!("parsed as branch"),
+            _ => panic!("not parsed as toggle"),
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use serde::Serialize;
 use textpoke::{Batch, PatchStats};
 
-use crate::affinity::{self, CpuMask, Placement};
+use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
 use crate::sites::{self, SiteGroup};
 use crate::{BenchError, Result, peer, stats};
 
@@ -287,17 +287,6 @@ fn time_toggles(samples: usize, mut set: impl FnMut(bool) -> Result<()>) -> Resu
         set(false)?;
     }
     Ok(times)
-}
-
-/// Puts the calling thread's affinity back when dropped.
-struct RestoreAffinity(CpuMask);
-
-impl Drop for RestoreAffinity {
-    fn drop(&mut self) {
-        // Best effort: the mask was the thread's own a moment ago, and a failure here leaves the
-        // thread pinned, which is harmless.
-        let _ = self.0.apply();
-    }
 }
 
 /// Measures one group: textpoke first, then static-keys.
