@@ -231,11 +231,7 @@ pub fn print_table(r: &BranchRow) -> Result<()> {
         ("AtomicBool x8", r.atomic_bool_x8_ns),
         ("static-keys x8", r.static_keys_disabled_x8_ns),
     ];
-    crate::print_line(&format!("{:<24} {:>10}", "loop", "ns/iter"))?;
-    for (name, v) in rows {
-        crate::print_line(&format!("{name:<24} {v:>10.3}"))?;
-    }
-    crate::print_line(&format!("note: {}", r.note))
+    crate::print_rows(("loop", "ns/iter"), &rows, &r.note)
 }
 
 #[cfg(test)]

@@ -58,6 +58,15 @@ impl From<serde_json::Error> for BenchError {
 /// The result type of this crate.
 pub type Result<T> = std::result::Result<T, BenchError>;
 
+/// Prints `(name, value)` rows under a two-column header, then the note.
+pub fn print_rows(header: (&str, &str), rows: &[(&str, f64)], note: &str) -> Result<()> {
+    print_line(&format!("{:<32} {:>10}", header.0, header.1))?;
+    for (name, v) in rows {
+        print_line(&format!("{name:<32} {v:>10.3}"))?;
+    }
+    print_line(&format!("note: {note}"))
+}
+
 /// Writes one line to stdout, reporting failure (a closed pipe, say) as an error.
 pub fn print_line(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();

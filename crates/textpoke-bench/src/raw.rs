@@ -415,11 +415,7 @@ pub fn print_table(r: &RawRow) -> Result<()> {
         ("pwrite /proc/self/mem, 4 KiB", r.pwrite_mem_4k_us),
         ("SIGTRAP round trip", r.sigtrap_round_trip_us),
     ];
-    crate::print_line(&format!("{:<32} {:>10}", "operation", "µs median"))?;
-    for (name, v) in rows {
-        crate::print_line(&format!("{name:<32} {v:>10.3}"))?;
-    }
-    crate::print_line(&format!("note: {}", r.note))
+    crate::print_rows(("operation", "µs median"), &rows, &r.note)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Without membarrier SYNC_CORE (an old kernel, or a seccomp filter), textpoke refuses to patch
 //! with a clear error and writes nothing.
 
+mod support;
+
 use textpoke::{Error, StaticKey, static_branch_unlikely};
 
 static KEY: StaticKey = StaticKey::new();
@@ -57,13 +59,10 @@ fn forbid_membarrier() {
 #[test]
 fn refuses_without_core_serialization() {
     // In a child, so the filter does not reach the other tests.
-    // SAFETY: the child only calls textpoke and `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
+    let status = support::in_child(|| {
         forbid_membarrier();
         let before = textpoke::__private::read_code(KEY.sites().unwrap()[0], 5);
-        let code = match KEY.enable() {
+        match KEY.enable() {
             Err(Error::CoreSyncUnavailable { why }) if why.contains("membarrier") => {
                 let after = textpoke::__private::read_code(KEY.sites().unwrap()[0], 5);
                 if after == before && !site() && !KEY.is_enabled() {
@@ -74,17 +73,10 @@ fn refuses_without_core_serialization() {
             }
             Err(_) => 3,
             Ok(()) => 4,
-        };
-        // SAFETY: leaving the child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+        }
+    });
     assert_eq!(
-        libc::WEXITSTATUS(status),
-        0,
+        status, 0,
         "child status (2: bytes changed, 3: other error, 4: patched anyway)"
     );
     // The parent is unaffected.

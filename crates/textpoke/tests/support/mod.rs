@@ -42,3 +42,22 @@ pub fn maps() -> Vec<(usize, usize, String, String)> {
         })
         .collect()
 }
+
+/// Runs `child` in a forked child process and returns its exit status (its return value), or
+/// panics if it died. The child must only do async-signal-safe-enough work: glibc's fork
+/// handlers make malloc usable, and textpoke releases its lock in the child.
+pub fn in_child(child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child runs `child` and leaves with `_exit`, never returning into the harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = child();
+        // SAFETY: leaving the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
+    libc::WEXITSTATUS(status)
+}
