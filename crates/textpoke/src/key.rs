@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
 use crate::engine::{self, PatchStats, Poke};
 use crate::os::{self, PatchGuard};
-use crate::table::{JumpSite, jump_index};
+use crate::table::jump::{JumpSite, jump_index};
 use crate::{Error, Location, Result};
 
 /// Signature stored in every key, checked when a table entry names it.
-pub(crate) const KEY_MAGIC: u32 = u32::from_le_bytes(*b"tpk1");
+const KEY_MAGIC: u32 = u32::from_le_bytes(*b"tpk1");
 
 /// The part of a key the engine and tables see; identical for every initial state.
 #[repr(C, align(8))]
@@ -30,15 +30,8 @@ impl KeyCore {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    /// Reads the signature of a would-be key.
-    ///
-    /// # Safety
-    ///
-    /// `addr` must be 8-aligned and point to `size_of::<KeyCore>()` readable bytes.
-    pub(crate) unsafe fn magic_at(addr: usize) -> u32 {
-        // SAFETY: the caller's guarantee; the field is at offset 4 of a repr(C) struct.
-        unsafe { std::ptr::read_volatile((addr + 4) as *const u32) }
-    }
+    /// Offset and value of the signature table validation looks for.
+    pub(crate) const SIGNATURE: (usize, u32) = (std::mem::offset_of!(KeyCore, magic), KEY_MAGIC);
 }
 
 /// A static key: a boolean whose every test is one NOP or JMP in the code.
@@ -211,7 +204,7 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
         addr: site.addr,
         old: code(from)?,
         new: code(to)?,
-        insn: if site.jumps_when(to) {
+        insn: Some(if site.jumps_when(to) {
             Insn::Jmp {
                 target: site.target,
             }
@@ -219,7 +212,7 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
             Insn::Nop {
                 len: JUMP_LABEL_LEN as u8,
             }
-        },
+        }),
     })
 }
 

@@ -56,7 +56,7 @@ pub use error::{CodeBytes, Error, Result};
 pub use key::StaticKey;
 pub use location::Location;
 pub use os::{ThreadInfo, threads_blocking_sigtrap};
-pub use table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
+pub use table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 
 /// Low-level access for textpoke's own tools and tests. Not a stable API.
 #[doc(hidden)]
@@ -64,7 +64,7 @@ pub mod __private {
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::engine::{MERGE_GAP, read_code, trap_counts};
     pub use crate::os::{loaded_objects, lock_shared_state_addr};
-    pub use crate::table::jump_table_bytes;
+    pub use crate::table::jump::jump_table_bytes;
 
     /// The compile-time initial state of a key, for the site macros.
     pub const fn initial_state<const I: bool>(_key: &crate::StaticKey<I>) -> bool {

@@ -37,8 +37,10 @@ pub struct Poke {
     pub old: Code,
     /// Bytes to write; same length as `old`.
     pub new: Code,
-    /// What a thread that hits the site mid-batch is made to execute: `new`, decoded.
-    pub insn: Insn,
+    /// What a thread that hits the site mid-batch is made to execute: `new`, decoded. `None`
+    /// for data in a text segment that no thread executes or reads while the batch runs (a
+    /// far-jump slot not yet in use): it is written without a breakpoint, in the first phase.
+    pub insn: Option<Insn>,
 }
 
 /// What a committed batch cost.
@@ -118,7 +120,12 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
     let mut text = os::TextMap::new();
     let mut last: Option<os::Segment> = None;
     for p in pokes {
-        if p.old.len() != p.new.len() || p.old.len() < BREAKPOINT.len() {
+        let min = if p.insn.is_some() {
+            BREAKPOINT.len()
+        } else {
+            1
+        };
+        if p.old.len() != p.new.len() || p.old.len() < min {
             return Err(Error::BadTable {
                 table: "(engine)",
                 why: format!(
@@ -180,14 +187,21 @@ struct Scratch {
     buf: Vec<u8>,
 }
 
-/// Writes one phase, run by run, then serializes all cores.
+/// Writes one phase, run by run, then serializes all cores. `bytes(p)` is what the phase writes
+/// for poke `p`, as (offset into the site, bytes), or `None` to leave it alone.
 fn write_phase(
     pokes: &[Poke],
     scratch: &mut Scratch,
-    bytes: impl Fn(&Poke) -> (usize, &[u8]) + Copy,
+    bytes: impl Fn(&Poke) -> Option<(usize, &[u8])> + Copy,
     stats: &mut PatchStats,
 ) -> Result<()> {
     for run in &scratch.runs {
+        if pokes[run.first..run.last]
+            .iter()
+            .all(|p| bytes(p).is_none())
+        {
+            continue;
+        }
         runs::image(run, pokes, bytes, &mut scratch.buf);
         os::write_code(run.start, &scratch.buf)?;
         stats.writes += 1;
@@ -197,8 +211,9 @@ fn write_phase(
     Ok(())
 }
 
-/// The breakpoint-first protocol, writing `to(p)` over every site. With `all_tails` false, the
-/// tail phase is skipped when no site's tail changes.
+/// The breakpoint-first protocol, writing `to(p)` over every site. Data pokes are written whole
+/// in the first phase. With `all_tails` false, the tail phase is skipped when no site's tail
+/// changes, and the last two phases when there are only data pokes.
 fn protocol(
     pokes: &[Poke],
     scratch: &mut Scratch,
@@ -208,15 +223,40 @@ fn protocol(
     stats: &mut PatchStats,
 ) -> Result<()> {
     let head = BREAKPOINT.len();
-    write_phase(pokes, scratch, |_| (0, BREAKPOINT), stats)?;
+    let code = |p: &Poke| p.insn.is_some();
+    write_phase(
+        pokes,
+        scratch,
+        |p| {
+            Some(if code(p) {
+                (0, BREAKPOINT)
+            } else {
+                (0, to(p).as_slice())
+            })
+        },
+        stats,
+    )?;
+    if !pokes.iter().any(code) {
+        return Ok(());
+    }
     if all_tails
         || pokes
             .iter()
-            .any(|p| to(p).as_slice()[head..] != from(p).as_slice()[head..])
+            .any(|p| code(p) && to(p).as_slice()[head..] != from(p).as_slice()[head..])
     {
-        write_phase(pokes, scratch, |p| (head, &to(p).as_slice()[head..]), stats)?;
+        write_phase(
+            pokes,
+            scratch,
+            |p| code(p).then(|| (head, &to(p).as_slice()[head..])),
+            stats,
+        )?;
     }
-    write_phase(pokes, scratch, |p| (0, &to(p).as_slice()[..head]), stats)
+    write_phase(
+        pokes,
+        scratch,
+        |p| code(p).then(|| (0, &to(p).as_slice()[..head])),
+        stats,
+    )
 }
 
 fn run_phases(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {

@@ -46,11 +46,11 @@ pub fn plan(pokes: &[Poke], segs: &[usize], runs: &mut Vec<Run>) {
 }
 
 /// Fills `buf` with the run's current bytes with `bytes(p)` (offset into the site, bytes) laid
-/// over every poke.
+/// over every poke for which it is `Some`.
 pub fn image(
     run: &Run,
     pokes: &[Poke],
-    bytes: impl Fn(&Poke) -> (usize, &[u8]),
+    bytes: impl Fn(&Poke) -> Option<(usize, &[u8])>,
     buf: &mut Vec<u8>,
 ) {
     buf.clear();
@@ -61,7 +61,9 @@ pub fn image(
         std::slice::from_raw_parts(run.start as *const u8, run.end - run.start)
     });
     for p in &pokes[run.first..run.last] {
-        let (off, src) = bytes(p);
+        let Some((off, src)) = bytes(p) else {
+            continue;
+        };
         let at = p.addr + off - run.start;
         for (d, s) in buf[at..at + src.len()].iter_mut().zip(src) {
             *d = *s;
@@ -81,7 +83,7 @@ mod tests {
             addr,
             old: c,
             new: c,
-            insn: Insn::Nop { len: 5 },
+            insn: Some(Insn::Nop { len: 5 }),
         }
     }
 
@@ -133,7 +135,7 @@ mod tests {
             last: 2,
         };
         let mut buf = Vec::new();
-        image(&run, &pokes, |_| (1, &[0xaa, 0xbb][..]), &mut buf);
+        image(&run, &pokes, |_| Some((1, &[0xaa, 0xbb][..])), &mut buf);
         let mut want: Vec<u8> = (4u8..25).collect();
         want[1..3].copy_from_slice(&[0xaa, 0xbb]);
         want[17..19].copy_from_slice(&[0xaa, 0xbb]);

@@ -59,8 +59,10 @@ pub(super) fn publish(pokes: &[Poke]) -> *mut Flight {
     };
     flight.addrs.clear();
     flight.insns.clear();
-    flight.addrs.extend(pokes.iter().map(|p| p.addr));
-    flight.insns.extend(pokes.iter().map(|p| p.insn));
+    for (addr, insn) in pokes.iter().filter_map(|p| Some((p.addr, p.insn?))) {
+        flight.addrs.push(addr);
+        flight.insns.push(insn);
+    }
     let flight = Box::into_raw(flight);
     FLIGHT.store(flight, Ordering::SeqCst);
     flight

@@ -1,17 +1,16 @@
-//! The static-branch site table: its format, validation, and the lazy index.
+//! The static-branch site table and its lazy index.
 //!
-//! Format `v1` (the version is in the section name, so a binary never mixes formats): each
-//! entry is 12 bytes, three signed 32-bit offsets, each relative to its own field's address:
-//! the site, the jump target, and the key plus flags (bit 0: `likely` site; bits 1-2 reserved
-//! and zero). The section is read-only, and never written: position-relative entries need no
-//! dynamic relocation, and the index built from them lives on the heap.
+//! Format `v1`: each entry is 12 bytes, three self-relative 32-bit offsets: the site, the jump
+//! target, and the key plus flags (bit 0: `likely` site; bits 1-2 reserved and zero; keys are
+//! 8-aligned).
 
 use std::sync::OnceLock;
 
+use super::Table;
 use crate::arch::JUMP_LABEL_LEN;
-use crate::key::{KEY_MAGIC, KeyCore};
+use crate::key::KeyCore;
 use crate::os::{self, PatchGuard};
-use crate::{Error, Location, Result};
+use crate::{Error, Result};
 
 /// Name of the section holding static-branch entries.
 pub const JUMP_SECTION: &str = "textpoke_jump_v1";
@@ -90,34 +89,20 @@ fn table_bounds() -> (usize, usize) {
 }
 
 fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<JumpIndex> {
-    let bad = |why: String| Error::BadTable {
-        table: JUMP_SECTION,
-        why,
+    let table = Table {
+        name: JUMP_SECTION,
+        entry_size: JUMP_ENTRY_SIZE,
+        start,
+        stop,
     };
-    let len = stop
-        .checked_sub(start)
-        .ok_or_else(|| bad("end before start".into()))?;
-    if len % JUMP_ENTRY_SIZE != 0 {
-        return Err(bad(format!(
-            "size {len} is not a multiple of {JUMP_ENTRY_SIZE}"
-        )));
-    }
-    if len == 0 {
+    let entries = table.entries()?;
+    let Some(object) = &entries.object else {
         return Ok(JumpIndex { sites: Vec::new() });
-    }
-    let object = os::object_containing(start, len)
-        .ok_or_else(|| bad(format!("{start:#x} is not inside any loaded object")))?;
-    let mut sites = Vec::with_capacity(len / JUMP_ENTRY_SIZE);
-    for index in 0..len / JUMP_ENTRY_SIZE {
-        let entry = start + index * JUMP_ENTRY_SIZE;
-        let field = |n: usize| {
-            let at = entry + 4 * n;
-            // SAFETY: `at` is a 4-aligned field inside the table section, which the linker
-            // bounded by the start/stop symbols.
-            let off = unsafe { (at as *const i32).read() };
-            at.wrapping_add_signed(off as isize)
-        };
-        let (addr, target, key_and_flags) = (field(0), field(1), field(2));
+    };
+    let mut sites = Vec::with_capacity(entries.count);
+    for index in 0..entries.count {
+        let (addr, target) = (entries.field(index, 0), entries.field(index, 1));
+        let key_and_flags = entries.field(index, 2);
         let flags = key_and_flags & FLAG_MASK;
         let key = key_and_flags & !FLAG_MASK;
         if flags & !FLAG_LIKELY != 0 {
@@ -127,17 +112,9 @@ fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<JumpIndex> 
                 flags: flags as u32,
             });
         }
-        for (what, at, len) in [("site", addr, JUMP_LABEL_LEN), ("jump target", target, 1)] {
-            if object.text_segment(at, len).is_none() {
-                return Err(Error::OutsideText {
-                    what,
-                    addr: Location::of(at),
-                    table: JUMP_SECTION,
-                    object: object.name.clone(),
-                });
-            }
-        }
-        check_key(&object, index, key)?;
+        table.check_text(object, "site", addr, JUMP_LABEL_LEN)?;
+        table.check_text(object, "jump target", target, 1)?;
+        table.check_target(object, index, key, size_of::<KeyCore>(), KeyCore::SIGNATURE)?;
         sites.push(JumpSite {
             addr,
             target,
@@ -146,42 +123,12 @@ fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<JumpIndex> 
         });
     }
     sites.sort_unstable_by_key(|s| s.addr);
-    for pair in sites.windows(2) {
-        if pair[0].addr + JUMP_LABEL_LEN > pair[1].addr {
-            return Err(Error::Overlap {
-                first: Location::of(pair[0].addr),
-                second: Location::of(pair[1].addr),
-                table: JUMP_SECTION,
-            });
-        }
-    }
+    let extents: Vec<(usize, usize)> = sites.iter().map(|s| (s.addr, JUMP_LABEL_LEN)).collect();
+    table.check_overlaps(&extents)?;
     let addrs: &'static [usize] = Vec::leak(sites.iter().map(|s| s.addr).collect());
     crate::engine::register_sites(lock, addrs)?;
     sites.sort_unstable_by_key(|s| (s.key, s.addr));
     Ok(JumpIndex { sites })
-}
-
-fn check_key(object: &os::Object, index: usize, key: usize) -> Result<()> {
-    let size = std::mem::size_of::<KeyCore>();
-    let reject = |why| Error::UnknownKey {
-        table: JUMP_SECTION,
-        index,
-        addr: Location::of(key),
-        why,
-    };
-    let Some(seg) = object.segments.iter().find(|s| s.contains(key, size)) else {
-        return Err(reject("outside the declaring object's segments"));
-    };
-    if !seg.write {
-        return Err(reject("in a read-only segment"));
-    }
-    // SAFETY: `key` is 8-aligned (low bits masked) and `size` bytes of it lie in a mapped,
-    // writable (hence readable) segment of the object.
-    let magic = unsafe { KeyCore::magic_at(key) };
-    if magic != KEY_MAGIC {
-        return Err(reject("no key signature there (stale or foreign table?)"));
-    }
-    Ok(())
 }
 
 /// Size in bytes of this binary's static-branch table section.

@@ -1,0 +1,142 @@
+//! Site tables: their common format rules and validation.
+//!
+//! Every table is a retained, allocated, read-only section whose name carries its format
+//! version, so a binary never mixes formats. Entries are made of 32-bit offsets, each relative
+//! to its own field's address: position-relative, so they need no dynamic relocation, and never
+//! written. Indexes built from them live on the heap. A table that fails validation fails every
+//! later use the same way.
+
+pub mod jump;
+
+use crate::os::{self, Object};
+use crate::{Error, Location, Result};
+
+/// A table section's bounds and entry size.
+pub(crate) struct Table {
+    pub name: &'static str,
+    pub entry_size: usize,
+    pub start: usize,
+    pub stop: usize,
+}
+
+/// A validated table's entries, with the object that declared them.
+pub(crate) struct Entries {
+    pub object: Option<Object>,
+    pub count: usize,
+    start: usize,
+    entry_size: usize,
+}
+
+impl Table {
+    /// Checks the section's size and finds the object that contains it.
+    pub fn entries(&self) -> Result<Entries> {
+        let bad = |why: String| Error::BadTable {
+            table: self.name,
+            why,
+        };
+        let len = self
+            .stop
+            .checked_sub(self.start)
+            .ok_or_else(|| bad("end before start".into()))?;
+        if len % self.entry_size != 0 {
+            return Err(bad(format!(
+                "size {len} is not a multiple of {}",
+                self.entry_size
+            )));
+        }
+        let object =
+            if len == 0 {
+                None
+            } else {
+                Some(os::object_containing(self.start, len).ok_or_else(|| {
+                    bad(format!("{:#x} is not inside any loaded object", self.start))
+                })?)
+            };
+        Ok(Entries {
+            object,
+            count: len / self.entry_size,
+            start: self.start,
+            entry_size: self.entry_size,
+        })
+    }
+
+    /// Checks that `[addr, addr + len)` lies in an executable segment of `object`.
+    pub fn check_text(
+        &self,
+        object: &Object,
+        what: &'static str,
+        addr: usize,
+        len: usize,
+    ) -> Result<()> {
+        match object.text_segment(addr, len) {
+            Some(_) => Ok(()),
+            None => Err(Error::OutsideText {
+                what,
+                addr: Location::of(addr),
+                table: self.name,
+                object: object.name.clone(),
+            }),
+        }
+    }
+
+    /// Checks that entry `index` points at a live textpoke object of `size` bytes whose
+    /// signature (a `u32` at `magic_offset`) is `magic`, in a writable segment of `object`.
+    pub fn check_target(
+        &self,
+        object: &Object,
+        index: usize,
+        addr: usize,
+        size: usize,
+        (magic_offset, magic): (usize, u32),
+    ) -> Result<()> {
+        let reject = |why| Error::UnknownKey {
+            table: self.name,
+            index,
+            addr: Location::of(addr),
+            why,
+        };
+        if addr % 8 != 0 {
+            return Err(reject("misaligned"));
+        }
+        let Some(seg) = object.segments.iter().find(|s| s.contains(addr, size)) else {
+            return Err(reject("outside the declaring object's segments"));
+        };
+        if !seg.write {
+            return Err(reject("in a read-only segment"));
+        }
+        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, writable (hence
+        // readable) segment of the object; the signature is read as plain data.
+        let found = unsafe { std::ptr::read_volatile((addr + magic_offset) as *const u32) };
+        if found != magic {
+            return Err(reject(
+                "no textpoke signature there (stale or foreign table?)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sorts `addrs` (with their extents) and refuses overlaps.
+    pub fn check_overlaps(&self, sorted: &[(usize, usize)]) -> Result<()> {
+        for pair in sorted.windows(2) {
+            if pair[0].0 + pair[0].1 > pair[1].0 {
+                return Err(Error::Overlap {
+                    first: Location::of(pair[0].0),
+                    second: Location::of(pair[1].0),
+                    table: self.name,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Entries {
+    /// Field `n` (a 32-bit self-relative offset) of entry `index`, resolved to an address.
+    pub fn field(&self, index: usize, n: usize) -> usize {
+        let at = self.start + index * self.entry_size + 4 * n;
+        // SAFETY: `at` is a 4-aligned field inside the table section, which the linker bounded
+        // by the start/stop symbols (its size was checked to be whole entries).
+        let off = unsafe { (at as *const i32).read() };
+        at.wrapping_add_signed(off as isize)
+    }
+}
