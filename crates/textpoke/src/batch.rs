@@ -1,11 +1,22 @@
-//! Transactions over many keys.
+//! Transactions over many keys and static calls.
+
+use std::sync::{Mutex, MutexGuard};
 
 use crate::Result;
-use crate::engine::PatchStats;
-use crate::key::{KeyCore, StaticKey, set_keys};
+use crate::call::{CallCore, CallPlan, NoopCall, StaticCall};
+use crate::engine::{self, PatchStats, Poke};
+use crate::key::{KeyCore, KeyPlan, StaticKey};
+use crate::os;
 
-/// Several key changes applied as one batch: one validation pass, three core syncs, and either
-/// every site changes or none does.
+/// Pokes of the batch being built, reused across batches (only touched under the patch lock):
+/// a fresh vector per batch would fault in fresh pages for large batches.
+pub(crate) fn pokes_scratch() -> MutexGuard<'static, Vec<Poke>> {
+    static POKES: Mutex<Vec<Poke>> = Mutex::new(Vec::new());
+    POKES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Several key changes and static-call updates applied as one batch: one validation pass, three
+/// core syncs, and either every site changes or none does.
 ///
 /// ```
 /// use textpoke::{Batch, StaticKey};
@@ -21,6 +32,7 @@ use crate::key::{KeyCore, StaticKey, set_keys};
 #[must_use = "a batch does nothing until committed"]
 pub struct Batch<'a> {
     changes: Vec<(&'a KeyCore, bool)>,
+    calls: Vec<(&'a CallCore, Option<usize>)>,
 }
 
 impl<'a> Batch<'a> {
@@ -50,8 +62,39 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Applies every change. If a key appears more than once, its last change wins.
+    /// Points static call `call` at `f`, which must have the call's declared signature.
+    pub fn update<C: StaticCall>(mut self, call: &'a C, f: C::Fn) -> Self {
+        self.calls.push((call.__core(), Some(C::__addr(f))));
+        self
+    }
+
+    /// Makes static call `call` a no-op.
+    pub fn update_noop<C: NoopCall>(mut self, call: &'a C) -> Self {
+        self.calls.push((call.__core(), None));
+        self
+    }
+
+    /// Applies every change as one batch: every site of every key and every trampoline, or
+    /// none of them. A key or call named more than once gets its last change.
     pub fn commit(self) -> Result<PatchStats> {
-        set_keys(&self.changes)
+        let lock = os::patch_lock();
+        let mut pokes = pokes_scratch();
+        pokes.clear();
+        let keys = KeyPlan::new(&self.changes);
+        let result = keys
+            .pokes(&lock, &mut pokes)
+            .and_then(|()| CallPlan::new(&lock, &self.calls, &mut pokes))
+            .and_then(|calls| engine::patch(&lock, &mut pokes).map(|stats| (calls, stats)));
+        match result {
+            Ok((calls, stats)) => {
+                keys.commit();
+                calls.commit();
+                Ok(stats)
+            }
+            Err(e) => {
+                keys.abort();
+                Err(e)
+            }
+        }
     }
 }

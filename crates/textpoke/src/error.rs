@@ -112,6 +112,16 @@ pub enum Error {
         /// The instruction length.
         len: usize,
     },
+    /// A static call cannot be pointed at this target.
+    #[error("static call {call}: target {target} is {why}")]
+    BadTarget {
+        /// The call's trampoline.
+        call: Location,
+        /// The refused target.
+        target: Location,
+        /// Why.
+        why: &'static str,
+    },
     /// Two patches in one batch touch the same bytes.
     #[error("patches at {first} and {second} overlap within one batch")]
     OverlappingPatches {

@@ -1,7 +1,6 @@
 //! Static keys: booleans that live in the code as a NOP or a JMP at every site.
 
 use std::marker::PhantomData;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
@@ -216,14 +215,13 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
     })
 }
 
-/// Patches every site of every key from its `from` state to its `to` state, as one batch.
-/// Counts are the caller's business.
-pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> Result<PatchStats> {
-    // Reused across batches; only touched under the patch lock.
-    static POKES: Mutex<Vec<Poke>> = Mutex::new(Vec::new());
+/// Adds the pokes that move every site of each key from its `from` state to its `to` state.
+fn key_pokes(
+    lock: &PatchGuard,
+    keys: &[(&KeyCore, bool, bool)],
+    pokes: &mut Vec<Poke>,
+) -> Result<()> {
     let index = jump_index(lock)?;
-    let mut pokes = POKES.lock().unwrap_or_else(|e| e.into_inner());
-    pokes.clear();
     for &(key, from, to) in keys {
         if from != to {
             for site in index.sites_of(key.addr()) {
@@ -231,47 +229,70 @@ pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> 
             }
         }
     }
+    Ok(())
+}
+
+/// Patches every site of every key from its `from` state to its `to` state, as one batch.
+/// Counts are the caller's business.
+pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> Result<PatchStats> {
+    let mut pokes = crate::batch::pokes_scratch();
+    pokes.clear();
+    key_pokes(lock, keys, &mut pokes)?;
     engine::patch(lock, &mut pokes)
 }
 
-/// Sets each key to its wanted state in one batch (last word wins for a repeated key).
-pub(crate) fn set_keys(wanted: &[(&KeyCore, bool)]) -> Result<PatchStats> {
-    let mut unique: Vec<(&KeyCore, bool)> = Vec::with_capacity(wanted.len());
-    for &(key, on) in wanted {
-        match unique.iter_mut().find(|(k, _)| std::ptr::eq(*k, key)) {
-            Some(slot) => slot.1 = on,
-            None => unique.push((key, on)),
-        }
-    }
-    let lock = os::patch_lock();
-    let mut changes = Vec::new();
-    let mut restore = Vec::new();
-    for (key, on) in unique {
-        match (key.enabled(), on) {
-            (false, true) => changes.push((key, false, true)),
-            (true, false) => {
-                // Zero first, so a concurrent inc waits for the lock instead of counting up a
-                // key that is being disabled.
-                restore.push((key, key.count.swap(0, Ordering::AcqRel)));
-                changes.push((key, true, false));
+/// Key changes planned in one batch. Planning zeroes the count of every key being disabled
+/// (so a concurrent `inc` waits for the lock instead of counting up a key on its way down);
+/// `commit` records the enabled ones, `abort` restores the counts.
+pub(crate) struct KeyPlan<'a> {
+    changes: Vec<(&'a KeyCore, bool, bool)>,
+    restore: Vec<(&'a KeyCore, i32)>,
+}
+
+impl<'a> KeyPlan<'a> {
+    /// Plans setting each key to its wanted state (last word wins for a repeated key). The
+    /// caller holds the patch lock.
+    pub(crate) fn new(wanted: &[(&'a KeyCore, bool)]) -> Self {
+        let mut unique: Vec<(&'a KeyCore, bool)> = Vec::with_capacity(wanted.len());
+        for &(key, on) in wanted {
+            match unique.iter_mut().find(|(k, _)| std::ptr::eq(*k, key)) {
+                Some(slot) => slot.1 = on,
+                None => unique.push((key, on)),
             }
-            _ => {}
         }
-    }
-    match patch_keys(&lock, &changes) {
-        Ok(stats) => {
-            for (key, _, to) in &changes {
-                if *to {
-                    key.count.store(1, Ordering::Release);
+        let mut plan = KeyPlan {
+            changes: Vec::new(),
+            restore: Vec::new(),
+        };
+        for (key, on) in unique {
+            match (key.enabled(), on) {
+                (false, true) => plan.changes.push((key, false, true)),
+                (true, false) => {
+                    plan.restore
+                        .push((key, key.count.swap(0, Ordering::AcqRel)));
+                    plan.changes.push((key, true, false));
                 }
+                _ => {}
             }
-            Ok(stats)
         }
-        Err(e) => {
-            for (key, count) in restore {
-                key.count.store(count, Ordering::Release);
+        plan
+    }
+
+    pub(crate) fn pokes(&self, lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<()> {
+        key_pokes(lock, &self.changes, pokes)
+    }
+
+    pub(crate) fn commit(self) {
+        for (key, _, to) in self.changes {
+            if to {
+                key.count.store(1, Ordering::Release);
             }
-            Err(e)
+        }
+    }
+
+    pub(crate) fn abort(self) {
+        for (key, count) in self.restore {
+            key.count.store(count, Ordering::Release);
         }
     }
 }

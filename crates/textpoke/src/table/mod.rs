@@ -6,6 +6,7 @@
 //! written. Indexes built from them live on the heap. A table that fails validation fails every
 //! later use the same way.
 
+pub mod call;
 pub mod jump;
 
 use crate::os::{self, Object};

@@ -2,9 +2,11 @@
 
 mod emulate;
 mod encode;
+mod trampoline;
 
 pub use emulate::{Insn, Regs, condition_holds, emulate};
 pub use encode::{JUMP_LABEL_LEN, disassemble, jump_label_code};
+pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.
 pub const BREAKPOINT: &[u8] = &[0xcc];

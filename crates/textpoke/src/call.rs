@@ -1,0 +1,355 @@
+//! Static calls: direct calls whose target can be changed while threads are calling them.
+//!
+//! Each static call has a trampoline: 24 bytes of text whose first instruction is a patchable
+//! `jmp` to the current target. Callers call the trampoline directly, so the compiler is free to
+//! emit `call`, tail `jmp` or conditional tail `jcc` to it: none of those sites is ever patched,
+//! only the trampoline, with the same breakpoint protocol as static keys.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use crate::arch::{TRAMPOLINE_PATCH_LEN, TrampolineForm};
+use crate::engine::{Code, Poke, read_code};
+use crate::os::{PatchGuard, TextMap};
+use crate::table::call::{CallSite, call_index};
+use crate::{Error, Location, Result};
+
+const CALL_MAGIC: u32 = u32::from_le_bytes(*b"tpc1");
+/// `CallCore::target` while the trampoline still holds its compiled-in target.
+const INITIAL: usize = 0;
+/// `CallCore::target` while the call is a no-op.
+const NOOP: usize = 1;
+/// `CallCore::slot` while the trampoline does not use a far slot.
+const NO_SLOT: u8 = u8::MAX;
+
+/// The state of one static call. Part of the `static_call!` expansion; not for direct use.
+#[doc(hidden)]
+#[repr(C, align(8))]
+pub struct CallCore {
+    target: AtomicUsize,
+    magic: u32,
+    slot: AtomicU8,
+}
+
+impl Default for CallCore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CallCore {
+    /// A call that still has its compiled-in target.
+    pub const fn new() -> Self {
+        CallCore {
+            target: AtomicUsize::new(INITIAL),
+            magic: CALL_MAGIC,
+            slot: AtomicU8::new(NO_SLOT),
+        }
+    }
+
+    /// Offset and value of the signature table validation looks for.
+    pub(crate) const SIGNATURE: (usize, u32) = (std::mem::offset_of!(CallCore, magic), CALL_MAGIC);
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Whether the call is currently a no-op.
+    pub fn is_noop(&self) -> bool {
+        self.target.load(Ordering::Acquire) == NOOP
+    }
+
+    /// The trampoline's current form.
+    fn form(&self, site: &CallSite) -> TrampolineForm {
+        match self.target.load(Ordering::Acquire) {
+            INITIAL => TrampolineForm::Near(site.initial),
+            NOOP => TrampolineForm::Ret,
+            target => match self.slot.load(Ordering::Acquire) {
+                NO_SLOT => TrampolineForm::Near(target),
+                slot => TrampolineForm::Far { target, slot },
+            },
+        }
+    }
+
+    fn store(&self, form: TrampolineForm) {
+        let (target, slot) = match form {
+            TrampolineForm::Ret => (NOOP, NO_SLOT),
+            TrampolineForm::Near(t) => (t, NO_SLOT),
+            TrampolineForm::Far { target, slot } => (target, slot),
+        };
+        self.slot.store(slot, Ordering::Release);
+        self.target.store(target, Ordering::Release);
+    }
+}
+
+/// A static call declared with [`static_call!`](crate::static_call). Implemented by the macro;
+/// [`Batch::update`](crate::Batch::update) takes any of them.
+pub trait StaticCall: Sync + 'static {
+    /// The declared function-pointer type: `update` accepts exactly this signature.
+    type Fn: Copy;
+    #[doc(hidden)]
+    fn __core(&self) -> &CallCore;
+    #[doc(hidden)]
+    fn __addr(f: Self::Fn) -> usize;
+}
+
+/// A static call whose function returns `()`, which may therefore become a no-op.
+pub trait NoopCall: StaticCall {}
+
+/// Retargets planned in one batch, to be recorded once the batch is written.
+pub(crate) struct CallPlan<'a> {
+    changes: Vec<(&'a CallCore, TrampolineForm)>,
+}
+
+impl<'a> CallPlan<'a> {
+    /// Validates every retarget in `wanted` (`None`: no-op; last word wins for a repeated call)
+    /// and adds its pokes to `pokes`.
+    pub(crate) fn new(
+        lock: &PatchGuard,
+        wanted: &[(&'a CallCore, Option<usize>)],
+        pokes: &mut Vec<Poke>,
+    ) -> Result<Self> {
+        let mut changes: Vec<(&'a CallCore, TrampolineForm)> = Vec::new();
+        if wanted.is_empty() {
+            return Ok(CallPlan { changes });
+        }
+        let index = call_index(lock)?;
+        let mut text = TextMap::new();
+        let mut unique: Vec<(&'a CallCore, Option<usize>)> = Vec::with_capacity(wanted.len());
+        for &(core, target) in wanted {
+            match unique.iter_mut().find(|(c, _)| std::ptr::eq(*c, core)) {
+                Some(slot) => slot.1 = target,
+                None => unique.push((core, target)),
+            }
+        }
+        for (core, target) in unique {
+            let site = index.find(core.addr()).ok_or_else(|| Error::BadTable {
+                table: crate::table::call::CALL_SECTION,
+                why: format!(
+                    "static call {} has no trampoline in this object's table",
+                    Location::of(core.addr())
+                ),
+            })?;
+            let tramp = site.trampoline;
+            if let Some(t) = target {
+                check_target(&mut text, tramp, t)?;
+            }
+            let from = core.form(site);
+            let busy = match from {
+                TrampolineForm::Far { slot, .. } => Some(slot),
+                _ => None,
+            };
+            let to = TrampolineForm::to(tramp, target, busy);
+            if from == to {
+                continue;
+            }
+            if let Some((addr, _, bytes)) = to.slot(tramp) {
+                let old = read_code(addr, bytes.len());
+                pokes.push(Poke {
+                    addr,
+                    old: Code::new(&old).expect("8 bytes fit"),
+                    new: Code::new(&bytes).expect("8 bytes fit"),
+                    insn: None,
+                });
+            }
+            let code = |form: TrampolineForm| {
+                form.code(tramp).ok_or_else(|| Error::OutOfRange {
+                    site: Location::of(tramp),
+                    target: target.unwrap_or(0),
+                    len: TRAMPOLINE_PATCH_LEN,
+                })
+            };
+            pokes.push(Poke {
+                addr: tramp,
+                old: code(from)?,
+                new: code(to)?,
+                insn: Some(to.insn()),
+            });
+            changes.push((core, to));
+        }
+        Ok(CallPlan { changes })
+    }
+
+    /// Records the new targets after the batch was written.
+    pub(crate) fn commit(self) {
+        for (core, form) in self.changes {
+            core.store(form);
+        }
+    }
+}
+
+/// A target must be code in a loaded object, and not the trampoline itself.
+fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
+    let why = if target == tramp {
+        "the trampoline itself (an endless loop)"
+    } else if text.find(target, 1).is_none() {
+        "not inside an executable segment of any loaded object"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadTarget {
+        call: Location::of(tramp),
+        target: Location::of(target),
+        why,
+    })
+}
+
+/// Declares static calls: direct calls that can be retargeted while threads are calling them.
+///
+/// ```
+/// textpoke::static_call! {
+///     /// The hash used everywhere.
+///     pub static HASH: fn(&[u8]) -> u64 = fnv;
+///     static LOG: fn(&str) = print_it; // no return type: may become a no-op
+/// }
+///
+///
+/// fn fnv(data: &[u8]) -> u64 {
+///     data.iter().fold(0xcbf29ce484222325, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+/// }
+/// fn sum(data: &[u8]) -> u64 {
+///     data.iter().map(|&b| b as u64).sum()
+/// }
+/// fn print_it(s: &str) {
+///     println!("{s}");
+/// }
+///
+/// # fn main() -> Result<(), textpoke::Error> {
+/// assert_eq!(HASH.call(b"ab"), fnv(b"ab")); // a direct call through the trampoline
+/// HASH.update(sum)?; // safe while other threads call HASH
+/// assert_eq!(HASH.call(b"ab"), 195);
+/// LOG.update_noop()?; // the call now returns at once
+/// LOG.call("not printed");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// `update` takes only a function of the declared signature:
+///
+/// ```compile_fail,E0308
+/// textpoke::static_call! { static HASH: fn(&[u8]) -> u64 = a; }
+/// fn a(_: &[u8]) -> u64 { 0 }
+/// fn b(_: &[u8]) -> u32 { 0 }
+/// fn main() {
+///     HASH.update(b).unwrap();
+/// }
+/// ```
+///
+/// Use the macro at module level (it emits the trampoline with `global_asm!`).
+///
+/// Signatures take up to 12 arguments, references included, in the Rust ABI or, written
+/// `extern "C" fn(...)`, the C ABI. Generic functions work through their instantiations
+/// (`HASH.update(hash_with::<Fx>)`). Each static call gets its own trampoline symbol, named
+/// after the static's module path, so a program can name each at most once.
+#[macro_export]
+macro_rules! static_call {
+    () => {};
+    (
+        $(#[$attr:meta])* $vis:vis static $name:ident:
+            $(extern $abi:literal)? fn($($arg:ty),* $(,)?) -> $ret:ty = $init:path;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call!([$(#[$attr])*] $vis $name [$($abi)?] [$($arg),*] [$ret] $init);
+        $crate::static_call!($($rest)*);
+    };
+    (
+        $(#[$attr:meta])* $vis:vis static $name:ident:
+            $(extern $abi:literal)? fn($($arg:ty),* $(,)?) = $init:path;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call!([$(#[$attr])*] $vis $name [$($abi)?] [$($arg),*] [()] $init);
+        impl $crate::NoopCall for $name {}
+        impl $name {
+            /// Makes the call a no-op, like the kernel's `static_call_cond` with a NULL target.
+            /// Safe while other threads call it.
+            pub fn update_noop(&self) -> $crate::Result<()> {
+                $crate::Batch::new().update_noop(self).commit().map(drop)
+            }
+        }
+        $crate::static_call!($($rest)*);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call {
+    ([$($attr:tt)*] $vis:vis $name:ident [$($abi:literal)?] [$($arg:ty),*] [$ret:ty] $init:path) => {
+        $($attr)*
+        #[allow(non_camel_case_types)]
+        #[repr(transparent)]
+        $vis struct $name {
+            __core: $crate::__private::CallCore,
+        }
+
+        $($attr)*
+        $vis static $name: $name = $name {
+            __core: $crate::__private::CallCore::new(),
+        };
+
+        $crate::__arch_static_call_trampoline!(
+            concat!("textpoke_trampoline::", module_path!(), "::", stringify!($name)),
+            $name,
+            $init
+        );
+
+        const _: () = {
+            $crate::__static_call_extern!([$($abi)?] $name [$($arg),*] $ret);
+
+            impl $crate::StaticCall for $name {
+                type Fn = $(extern $abi)? fn($($arg),*) -> $ret;
+                fn __core(&self) -> &$crate::__private::CallCore {
+                    &self.__core
+                }
+                fn __addr(f: Self::Fn) -> usize {
+                    f as usize
+                }
+            }
+
+            impl $name {
+                $crate::__static_call_method!([] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] [$($arg),*] $ret);
+
+                /// Retargets every caller to `f`. Safe while other threads call it.
+                pub fn update(&self, f: $(extern $abi)? fn($($arg),*) -> $ret) -> $crate::Result<()> {
+                    $crate::Batch::new().update(self, f).commit().map(drop)
+                }
+
+                /// Whether the call is currently a no-op.
+                pub fn is_noop(&self) -> bool {
+                    self.__core.is_noop()
+                }
+            }
+        };
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_extern {
+    ([] $name:ident [$($arg:ty),*] $ret:ty) => {
+        $crate::__static_call_extern!(["Rust"] $name [$($arg),*] $ret);
+    };
+    ([$abi:literal] $name:ident [$($arg:ty),*] $ret:ty) => {
+        unsafe extern $abi {
+            #[link_name = concat!("textpoke_trampoline::", module_path!(), "::", stringify!($name))]
+            fn __textpoke_trampoline($(_: $arg),*) -> $ret;
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_method {
+    ([$($p:ident: $t:ty),*] [$($unused:ident)*] [] $ret:ty) => {
+        /// Calls the current target: a direct call to the trampoline, which jumps to it.
+        #[inline(always)]
+        pub fn call(&self, $($p: $t),*) -> $ret {
+            // SAFETY: the trampoline jumps, with every argument register and the stack
+            // untouched, to a function of exactly this signature and ABI: the compiled-in
+            // target or one passed to `update`, both type-checked against it; or it returns at
+            // once, which only no-op-capable calls (returning `()`) allow.
+            unsafe { __textpoke_trampoline($($p),*) }
+        }
+    };
+    ([$($p:ident: $t:ty),*] [$n:ident $($ns:ident)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
+        $crate::__static_call_method!([$($p: $t,)* $n: $t0] [$($ns)*] [$($ts),*] $ret);
+    };
+}

@@ -1,0 +1,124 @@
+//! The static-call table and its lazy index.
+//!
+//! Format `v1`: each entry is 12 bytes, three self-relative 32-bit offsets: the trampoline, the
+//! call's state (`CallCore`), and the initial target.
+
+use std::sync::OnceLock;
+
+use super::Table;
+use crate::arch::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
+use crate::call::CallCore;
+use crate::os::PatchGuard;
+use crate::{Error, Location, Result};
+
+/// Name of the section holding static-call entries.
+pub const CALL_SECTION: &str = "textpoke_call_v1";
+/// Bytes per entry.
+pub const CALL_ENTRY_SIZE: usize = 12;
+
+core::arch::global_asm!(
+    ".pushsection textpoke_call_v1,\"aR\",@progbits",
+    ".popsection"
+);
+
+unsafe extern "C" {
+    #[link_name = "__start_textpoke_call_v1"]
+    static CALL_START: [u8; 0];
+    #[link_name = "__stop_textpoke_call_v1"]
+    static CALL_STOP: [u8; 0];
+}
+
+/// One static call, as validated from the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallSite {
+    /// The trampoline every caller calls.
+    pub trampoline: usize,
+    /// The call's state.
+    pub core: usize,
+    /// The target the trampoline was built with.
+    pub initial: usize,
+}
+
+/// Every validated static call, sorted by state address.
+pub(crate) struct CallIndex {
+    calls: Vec<CallSite>,
+}
+
+impl CallIndex {
+    pub(crate) fn find(&self, core: usize) -> Option<&CallSite> {
+        self.calls
+            .binary_search_by_key(&core, |c| c.core)
+            .ok()
+            .map(|i| &self.calls[i])
+    }
+}
+
+static INDEX: OnceLock<Result<CallIndex>> = OnceLock::new();
+
+/// The index, built and validated on first use.
+pub(crate) fn call_index(lock: &PatchGuard) -> Result<&'static CallIndex> {
+    INDEX
+        .get_or_init(|| build(lock))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn build(lock: &PatchGuard) -> Result<CallIndex> {
+    let table = Table {
+        name: CALL_SECTION,
+        entry_size: CALL_ENTRY_SIZE,
+        start: (&raw const CALL_START) as usize,
+        stop: (&raw const CALL_STOP) as usize,
+    };
+    let entries = table.entries()?;
+    let Some(object) = &entries.object else {
+        return Ok(CallIndex { calls: Vec::new() });
+    };
+    let mut calls = Vec::with_capacity(entries.count);
+    for index in 0..entries.count {
+        let call = CallSite {
+            trampoline: entries.field(index, 0),
+            core: entries.field(index, 1),
+            initial: entries.field(index, 2),
+        };
+        table.check_text(object, "trampoline", call.trampoline, TRAMPOLINE_LEN)?;
+        table.check_text(object, "call target", call.initial, 1)?;
+        table.check_target(
+            object,
+            index,
+            call.core,
+            size_of::<CallCore>(),
+            CallCore::SIGNATURE,
+        )?;
+        if TrampolineForm::Near(call.initial)
+            .code(call.trampoline)
+            .is_none()
+        {
+            return Err(Error::OutOfRange {
+                site: Location::of(call.trampoline),
+                target: call.initial,
+                len: TRAMPOLINE_PATCH_LEN,
+            });
+        }
+        calls.push(call);
+    }
+    calls.sort_unstable_by_key(|c| c.trampoline);
+    let extents: Vec<(usize, usize)> = calls
+        .iter()
+        .map(|c| (c.trampoline, TRAMPOLINE_LEN))
+        .collect();
+    table.check_overlaps(&extents)?;
+    let addrs: &'static [usize] = Vec::leak(calls.iter().map(|c| c.trampoline).collect());
+    crate::engine::register_sites(lock, addrs)?;
+    calls.sort_unstable_by_key(|c| c.core);
+    if let Some(pair) = calls.windows(2).find(|p| p[0].core == p[1].core) {
+        return Err(Error::BadTable {
+            table: CALL_SECTION,
+            why: format!(
+                "two trampolines ({:#x}, {:#x}) share one static call",
+                pair[0].trampoline, pair[1].trampoline
+            ),
+        });
+    }
+    Ok(CallIndex { calls })
+}
