@@ -96,7 +96,7 @@ impl Table {
             addr: Location::of(addr),
             why,
         };
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return Err(reject("misaligned"));
         }
         let Some(seg) = object.segments.iter().find(|s| s.contains(addr, size)) else {
