@@ -177,6 +177,19 @@ impl<'a> CallPlan<'a> {
     }
 }
 
+/// Address of `call`'s trampoline (validating the call table on first use).
+pub fn trampoline_of<C: StaticCall>(call: &C) -> Result<usize> {
+    let lock = crate::os::patch_lock();
+    let core = call.__core().addr();
+    call_index(&lock)?
+        .find(core)
+        .map(|site| site.trampoline)
+        .ok_or_else(|| Error::BadTable {
+            table: crate::table::call::CALL_SECTION,
+            why: format!("static call {} is not in the table", Location::of(core)),
+        })
+}
+
 /// A target must be code in a loaded object, and not the trampoline itself.
 fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
     let why = if target == tramp {

@@ -61,3 +61,9 @@ pub fn in_child(child: impl FnOnce() -> i32) -> i32 {
     assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
     libc::WEXITSTATUS(status)
 }
+
+/// Serializes tests in one binary that need the process to themselves.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -158,6 +158,46 @@ mod tests {
     }
 
     #[test]
+    fn jcc_emulation_for_every_condition_both_ways() {
+        let bits = [CF, PF, ZF, SF, OF];
+        for cc in 0..16u8 {
+            let mut outcomes = [false; 2];
+            for combo in 0..32u32 {
+                let flags = bits
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| combo & (1 << i) != 0)
+                    .fold(0x202u64, |acc, (_, b)| acc | b);
+                let mut regs = Regs {
+                    pc: 0x2001,
+                    sp: 0x7000,
+                    flags,
+                };
+                let jcc = Insn::Jcc {
+                    cc,
+                    target: 0x9000,
+                    len: 6,
+                };
+                // SAFETY: Jcc touches no memory.
+                unsafe { emulate(jcc, 0x2000, &mut regs) };
+                let taken = hardware_taken(cc, flags);
+                assert_eq!(
+                    regs.pc,
+                    if taken { 0x9000 } else { 0x2006 },
+                    "cc {cc} flags {flags:#x}"
+                );
+                assert_eq!(
+                    (regs.sp, regs.flags),
+                    (0x7000, flags),
+                    "Jcc changes only rip"
+                );
+                outcomes[taken as usize] = true;
+            }
+            assert_eq!(outcomes, [true, true], "cc {cc} emulated both ways");
+        }
+    }
+
+    #[test]
     fn jcc_emulation_takes_or_falls_through() {
         let mut regs = Regs {
             pc: 0x1001,
