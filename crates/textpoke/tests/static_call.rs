@@ -161,7 +161,7 @@ fn tail_and_conditional_tail_call_sites_follow_updates() -> Result<(), Error> {
         s.spawn(|| {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let r = if i % 2 == 0 {
+                let r = if i.is_multiple_of(2) {
                     tail_site(i)
                 } else {
                     cond_tail_site(i, 1)
