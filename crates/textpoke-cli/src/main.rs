@@ -1,4 +1,5 @@
-//! `textpoke`: live code patching tools. `textpoke demo` is a stress test of static keys.
+//! `textpoke`: live code patching tools. `textpoke demo` is a stress test of static keys and
+//! static calls.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,8 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Toggle keys as fast as possible while worker threads run thousands of their sites,
-    /// checking every call against the key's history. Exits non-zero on any inconsistency.
+    /// Toggle keys and retarget static calls as fast as possible while worker threads run
+    /// thousands of sites and calls, checking every call against the history of its key or
+    /// static call. Exits non-zero on any inconsistency.
     Demo {
         /// How long to toggle, in seconds.
         #[arg(long, default_value_t = 10.0)]
@@ -91,6 +93,10 @@ fn print_summary(r: &demo::Report) {
         r.toggles, r.key_toggles, r.keys, r.sites_per_key, r.toggle_us_median, r.toggle_us_p99
     );
     println!(
+        "{} static calls called {} times, retargeted {} times",
+        r.static_calls, r.static_call_calls, r.static_call_updates
+    );
+    println!(
         "breakpoint traps: {} emulated, {} re-executed",
         r.traps_emulated, r.traps_rewound
     );
@@ -98,7 +104,7 @@ fn print_summary(r: &demo::Report) {
         println!("error: {e}");
     }
     if r.ok() {
-        println!("inconsistencies: 0 — every call matched its key's history");
+        println!("inconsistencies: 0 — every call matched its key's or static call's history");
     } else {
         println!("inconsistencies: {} — FAILED", r.inconsistencies);
     }

@@ -21,6 +21,8 @@ fn toggling_under_load_is_consistent() {
     assert!(report.toggles > 10, "{report:?}");
     // Both paths were taken: the toggling really reached the workers.
     assert!(report.calls_enabled > 0 && report.calls_enabled < report.calls);
+    assert!(report.static_call_calls > 1000, "{report:?}");
+    assert!(report.static_call_updates > 10, "{report:?}");
 }
 
 #[test]

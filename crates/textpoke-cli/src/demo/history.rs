@@ -1,34 +1,28 @@
-//! What a call may legally return, given the key's toggle history around it.
+//! What a call may legally return, given the history of the key or static call behind it.
 //!
-//! Each key has a sequence number: even while the key is stable, odd while a change is in
-//! flight. The toggler only ever flips a key, so the state at even number `2m` is the initial
-//! state flipped `m` times. A call that read the same even number before and after itself ran
-//! entirely while the key was stable, and must have taken that state's path. Any other call
-//! overlapped a transition, and either path is legal.
+//! Each key or static call has a sequence number: even while it is stable, odd while a change
+//! is in flight. Version `m` is what was installed by the `m`-th change (version 0 is the
+//! initial state). A call that read `before` and then `after` overlapped exactly the versions
+//! `before / 2 ..= ceil(after / 2)`: a call that read the same even number twice ran entirely
+//! under one version, and its result must come from it. The demo only ever changes things by a
+//! fixed schedule, so the version number alone says what was installed.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One key's history.
+/// One key's or static call's history.
+#[derive(Default)]
 pub struct History {
     seq: AtomicU64,
-    initial: bool,
 }
 
 impl History {
-    /// A stable key in state `initial`.
-    pub fn new(initial: bool) -> Self {
-        History {
-            seq: AtomicU64::new(0),
-            initial,
-        }
-    }
-
     /// Read before and after each call.
     pub fn read(&self) -> u64 {
         self.seq.load(Ordering::Acquire)
     }
 
-    /// Called just before a change to the key starts.
+    /// Called just before a change starts.
     pub fn begin_change(&self) {
         self.seq.fetch_add(1, Ordering::AcqRel);
     }
@@ -38,18 +32,21 @@ impl History {
         self.seq.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether a call that read `before`, returned `enabled`, then read `after` is consistent.
-    pub fn consistent(&self, before: u64, after: u64, enabled: bool) -> bool {
-        if before != after || before % 2 == 1 {
-            return true;
-        }
-        enabled == self.state_at(before)
+    /// The versions a call that read `before` and then `after` may have seen.
+    pub fn versions(before: u64, after: u64) -> RangeInclusive<u64> {
+        before / 2..=after.div_ceil(2)
     }
 
-    /// The key's state at even sequence number `seq`.
-    pub fn state_at(&self, seq: u64) -> bool {
-        self.initial != ((seq / 2) % 2 == 1)
+    /// The number of the next version (the one the change in flight, or the next, installs).
+    pub fn next_version(&self) -> u64 {
+        self.read() / 2 + 1
     }
+}
+
+/// Whether a key call that returned `enabled` is consistent: the key was flipped at every
+/// change, starting from `initial`.
+pub fn key_consistent(initial: bool, before: u64, after: u64, enabled: bool) -> bool {
+    History::versions(before, after).any(|v| enabled == (initial != (v % 2 == 1)))
 }
 
 #[cfg(test)]
@@ -58,28 +55,31 @@ mod tests {
 
     #[test]
     fn stable_calls_must_match_and_overlapping_calls_may_differ() {
-        let h = History::new(false);
-        assert!(h.consistent(0, 0, false));
+        let h = History::default();
+        assert!(key_consistent(false, 0, 0, false));
         assert!(
-            !h.consistent(0, 0, true),
+            !key_consistent(false, 0, 0, true),
             "a stable disabled key cannot take the enabled path"
         );
         h.begin_change();
         let mid = h.read();
-        assert!(h.consistent(mid, mid, true) && h.consistent(mid, mid, false));
-        assert!(h.consistent(0, mid, true));
+        assert!(key_consistent(false, mid, mid, true) && key_consistent(false, mid, mid, false));
+        assert!(key_consistent(false, 0, mid, true));
         h.end_change();
         let now = h.read();
-        assert!(h.consistent(now, now, true));
+        assert!(key_consistent(false, now, now, true));
         assert!(
-            !h.consistent(now, now, false),
+            !key_consistent(false, now, now, false),
             "after one flip the key is enabled"
         );
+        assert!(key_consistent(true, 0, 0, true) && !key_consistent(true, 4, 4, false));
     }
 
     #[test]
-    fn initially_enabled_keys() {
-        let h = History::new(true);
-        assert!(h.state_at(0) && !h.state_at(2) && h.state_at(4));
+    fn versions_seen_by_a_call() {
+        assert_eq!(History::versions(4, 4), 2..=2);
+        assert_eq!(History::versions(4, 5), 2..=3);
+        assert_eq!(History::versions(5, 5), 2..=3);
+        assert_eq!(History::versions(4, 8), 2..=4);
     }
 }

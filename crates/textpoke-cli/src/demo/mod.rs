@@ -1,6 +1,8 @@
-//! `textpoke demo`: worker threads call thousands of sites while the main thread toggles their
-//! keys as fast as it can, and every call is checked against the key's history.
+//! `textpoke demo`: worker threads call thousands of static-branch sites and a few static
+//! calls while the main thread toggles the keys and retargets the calls as fast as it can.
+//! Every call is checked against the history of the key or call behind it.
 
+pub mod calls;
 mod history;
 pub mod sites;
 
@@ -8,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use history::History;
+use history::{History, key_consistent};
 use serde::Serialize;
 use sites::{KEY_LIST, KEYS, MAX_SITES, PER_KEY};
 
@@ -32,7 +34,7 @@ pub struct Report {
     pub calls: u64,
     /// Calls that took the enabled path.
     pub calls_enabled: u64,
-    /// Changes committed (each a batch of one or more keys).
+    /// Changes committed (each a batch of keys and static calls, or an `inc`/`dec`).
     pub toggles: u64,
     /// Key state changes within those (a batch may change several keys).
     pub key_toggles: u64,
@@ -46,8 +48,14 @@ pub struct Report {
     pub threads: usize,
     /// Seconds spent toggling.
     pub seconds: f64,
-    /// Calls whose result no instant of the key's history allows, plus sites found in the
-    /// wrong state at the end.
+    /// Calls made through static calls.
+    pub static_call_calls: u64,
+    /// Static-call retargets committed.
+    pub static_call_updates: u64,
+    /// Static calls retargeted.
+    pub static_calls: usize,
+    /// Calls (through sites or static calls) whose result no instant of their key's or call's
+    /// history allows, plus sites and calls found in the wrong state at the end.
     pub inconsistencies: u64,
     /// Median time of one change, in microseconds.
     pub toggle_us_median: f64,
@@ -93,11 +101,27 @@ impl std::error::Error for ConfigError {}
 /// Keys are process-wide: two runs at once would corrupt each other's histories.
 static RUNNING: Mutex<()> = Mutex::new(());
 
+/// The histories the workers check against, and what they started from.
+struct Histories {
+    keys: Vec<History>,
+    initial: Vec<bool>,
+    calls: [History; calls::CALLS],
+}
+
 #[derive(Default)]
 struct WorkerTally {
     calls: u64,
     enabled: u64,
+    static_calls: u64,
     inconsistencies: u64,
+}
+
+#[derive(Default)]
+struct TogglerTally {
+    key_toggles: u64,
+    updates: u64,
+    times: Vec<f64>,
+    errors: Vec<String>,
 }
 
 /// Runs the demo.
@@ -113,21 +137,23 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     }
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let keys = config.sites.div_ceil(PER_KEY).min(KEYS);
-    let histories: Vec<History> = KEY_LIST[..keys]
-        .iter()
-        .map(|k| History::new(k.is_enabled()))
-        .collect();
+    let histories = Histories {
+        keys: (0..keys).map(|_| History::default()).collect(),
+        initial: KEY_LIST[..keys].iter().map(|k| k.is_enabled()).collect(),
+        calls: Default::default(),
+    };
     let sites: Vec<sites::Site> = (0..config.sites).map(sites::site).collect();
     let (emulated0, rewound0) = textpoke::__private::trap_counts();
-    let mut errors = Vec::new();
+    let mut toggler = TogglerTally::default();
     let sites_per_key = KEY_LIST[0].sites().unwrap_or_else(|e| {
-        errors.push(e.to_string());
+        toggler.errors.push(e.to_string());
         0
     });
+    if let Err(e) = calls::reset() {
+        toggler.errors.push(e.to_string());
+    }
 
     let stop = AtomicBool::new(false);
-    let mut times = Vec::new();
-    let mut key_toggles = 0u64;
     let started = Instant::now();
     let tallies: Vec<WorkerTally> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..config.threads)
@@ -137,14 +163,8 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             })
             .collect();
         let bar = progress_bar(config);
-        if errors.is_empty() {
-            key_toggles = toggle_until(
-                started + config.duration,
-                &histories,
-                &mut times,
-                &mut errors,
-                &bar,
-            );
+        if toggler.errors.is_empty() {
+            toggle_until(started + config.duration, &histories, &mut toggler, &bar);
         }
         bar.finish_and_clear();
         stop.store(true, Ordering::Relaxed);
@@ -155,31 +175,44 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     });
     let seconds = started.elapsed().as_secs_f64();
 
-    // Single-threaded, after the dust settles: every site must show its key's final state.
-    let final_wrong = sites
+    // Single-threaded, after the dust settles: every site must show its key's final state, and
+    // every call its last scheduled target.
+    let sites_wrong = sites
         .iter()
         .enumerate()
         .filter(|(i, f)| f() != KEY_LIST[i / PER_KEY].is_enabled())
         .count() as u64;
+    let calls_wrong = (0..calls::CALLS)
+        .filter(|&c| {
+            let v = histories.calls[c].read() / 2;
+            calls::call(c, 3) != calls::expected(3, calls::scheduled(c, v))
+        })
+        .count() as u64;
 
     let (emulated1, rewound1) = textpoke::__private::trap_counts();
+    let mut times = toggler.times;
     times.sort_unstable_by(f64::total_cmp);
     Ok(Report {
         calls: tallies.iter().map(|t| t.calls).sum(),
         calls_enabled: tallies.iter().map(|t| t.enabled).sum(),
         toggles: times.len() as u64,
-        key_toggles,
+        key_toggles: toggler.key_toggles,
         sites: config.sites,
         keys,
         sites_per_key,
         threads: config.threads,
         seconds,
-        inconsistencies: tallies.iter().map(|t| t.inconsistencies).sum::<u64>() + final_wrong,
+        static_call_calls: tallies.iter().map(|t| t.static_calls).sum(),
+        static_call_updates: toggler.updates,
+        static_calls: calls::CALLS,
+        inconsistencies: tallies.iter().map(|t| t.inconsistencies).sum::<u64>()
+            + sites_wrong
+            + calls_wrong,
         toggle_us_median: percentile(&times, 0.5),
         toggle_us_p99: percentile(&times, 0.99),
         traps_emulated: emulated1 - emulated0,
         traps_rewound: rewound1 - rewound0,
-        errors,
+        errors: toggler.errors,
     })
 }
 
@@ -196,44 +229,52 @@ fn progress_bar(config: &Config) -> indicatif::ProgressBar {
     bar
 }
 
-/// Calls every site in turn until told to stop, checking each result.
-fn work(
-    first: usize,
-    sites: &[sites::Site],
-    histories: &[History],
-    stop: &AtomicBool,
-) -> WorkerTally {
+/// Calls every site in turn, and a static call after every fourth, until told to stop,
+/// checking each result.
+fn work(first: usize, sites: &[sites::Site], h: &Histories, stop: &AtomicBool) -> WorkerTally {
     let mut tally = WorkerTally::default();
     // Workers start at different sites so that they do not move in lockstep.
     let offset = first * 97 % sites.len();
+    let mut x = first as u64;
     while !stop.load(Ordering::Relaxed) {
         for n in 0..sites.len() {
             let i = (n + offset) % sites.len();
-            let history = &histories[i / PER_KEY];
-            let before = history.read();
+            let k = i / PER_KEY;
+            let before = h.keys[k].read();
             let enabled = sites[i]();
-            let after = history.read();
+            let after = h.keys[k].read();
             tally.calls += 1;
             tally.enabled += enabled as u64;
-            if !history.consistent(before, after, enabled) {
+            if !key_consistent(h.initial[k], before, after, enabled) {
                 tally.inconsistencies += 1;
+            }
+            if n % 4 == 0 {
+                let c = (n / 4) % calls::CALLS;
+                x = x.wrapping_add(1) & 0x0fff_ffff_ffff_ffff;
+                let before = h.calls[c].read();
+                let r = calls::call(c, x);
+                let after = h.calls[c].read();
+                tally.static_calls += 1;
+                if !History::versions(before, after)
+                    .any(|v| r == calls::expected(x, calls::scheduled(c, v)))
+                {
+                    tally.inconsistencies += 1;
+                }
             }
         }
     }
     tally
 }
 
-/// Flips keys until `deadline`, in single changes, inc/dec pairs and multi-key batches.
-/// Returns the number of key state changes; `times` gets each change's duration in µs.
+/// Flips keys and retargets static calls until `deadline`: single changes, `inc`/`dec`, and
+/// batches that mix several keys with a static call.
 fn toggle_until(
     deadline: Instant,
-    histories: &[History],
-    times: &mut Vec<f64>,
-    errors: &mut Vec<String>,
+    h: &Histories,
+    t: &mut TogglerTally,
     bar: &indicatif::ProgressBar,
-) -> u64 {
-    let keys = histories.len();
-    let mut key_toggles = 0;
+) {
+    let keys = h.keys.len();
     let mut round = 0usize;
     let start = Instant::now();
     while Instant::now() < deadline {
@@ -245,46 +286,67 @@ fn toggle_until(
             chosen.sort_unstable();
             chosen.dedup();
         }
+        let call = round % calls::CALLS;
         for &k in &chosen {
-            histories[k].begin_change();
+            h.keys[k].begin_change();
         }
-        let t0 = Instant::now();
         let result = if round % 4 == 1 {
-            // The reference-counted path: 0 → 1 enables, 1 → 0 disables.
+            // The reference-counted path (0 → 1 enables, 1 → 0 disables), then the call alone.
             let key = KEY_LIST[chosen[0]];
-            match (key, key.is_enabled()) {
+            let t0 = Instant::now();
+            let r = match (key, key.is_enabled()) {
                 (sites::Key::Off(k), true) => k.dec(),
                 (sites::Key::Off(k), false) => k.inc(),
                 (sites::Key::On(k), true) => k.dec(),
                 (sites::Key::On(k), false) => k.inc(),
-            }
+            };
+            t.times.push(t0.elapsed().as_secs_f64() * 1e6);
+            r.and_then(|()| {
+                for &k in &chosen {
+                    h.keys[k].end_change();
+                }
+                chosen.clear();
+                retarget(h, call, textpoke::Batch::new(), t)
+            })
         } else {
-            chosen
-                .iter()
-                .fold(textpoke::Batch::new(), |b, &k| {
-                    KEY_LIST[k].set(b, !KEY_LIST[k].is_enabled())
-                })
-                .commit()
-                .map(drop)
+            let batch = chosen.iter().fold(textpoke::Batch::new(), |b, &k| {
+                KEY_LIST[k].set(b, !KEY_LIST[k].is_enabled())
+            });
+            retarget(h, call, batch, t)
         };
-        times.push(t0.elapsed().as_secs_f64() * 1e6);
         if let Err(e) = result {
-            errors.push(e.to_string());
-            // The key did not change: leave its history odd, so no call is judged against a
-            // state that was never reached, and stop.
+            t.errors.push(e.to_string());
+            // What failed did not change: leave its history odd, so no call is judged against
+            // a version that was never installed, and stop.
             break;
         }
         for &k in &chosen {
-            histories[k].end_change();
+            h.keys[k].end_change();
         }
-        key_toggles += chosen.len() as u64;
+        t.key_toggles += chosen.len() as u64 + (round % 4 == 1) as u64;
         round += 1;
         if round.is_multiple_of(64) {
             bar.set_position(start.elapsed().as_millis() as u64);
-            bar.set_message(format!("{round} changes"));
+            bar.set_message(format!("{round} rounds"));
         }
     }
-    key_toggles
+}
+
+/// Adds the next retarget of static call `c` to `batch`, commits it and times it.
+fn retarget(
+    h: &Histories,
+    c: usize,
+    batch: textpoke::Batch<'static>,
+    t: &mut TogglerTally,
+) -> textpoke::Result<()> {
+    let batch = calls::update(batch, c, h.calls[c].next_version());
+    h.calls[c].begin_change();
+    let t0 = Instant::now();
+    batch.commit()?;
+    t.times.push(t0.elapsed().as_secs_f64() * 1e6);
+    h.calls[c].end_change();
+    t.updates += 1;
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
