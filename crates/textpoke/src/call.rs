@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use crate::arch::{TRAMPOLINE_PATCH_LEN, TrampolineForm};
-use crate::engine::{Code, Poke, read_code};
+use crate::engine::{Code, Poke};
 use crate::os::{PatchGuard, TextMap};
 use crate::table::call::{CallSite, call_index};
 use crate::{Error, Location, Result};
@@ -143,12 +143,15 @@ impl<'a> CallPlan<'a> {
                 continue;
             }
             if let Some((addr, _, bytes)) = to.slot(tramp) {
-                let old = read_code(addr, bytes.len());
+                // SAFETY: the slot lies inside the trampoline, which table validation placed in
+                // an executable, mapped segment; it is read as plain data.
+                let old = unsafe { std::slice::from_raw_parts(addr as *const u8, bytes.len()) };
                 pokes.push(Poke {
                     addr,
-                    old: Code::new(&old).expect("8 bytes fit"),
+                    old: Code::new(old).expect("8 bytes fit"),
                     new: Code::new(&bytes).expect("8 bytes fit"),
                     insn: None,
+                    undo: None,
                 });
             }
             let code = |form: TrampolineForm| {
@@ -163,6 +166,7 @@ impl<'a> CallPlan<'a> {
                 old: code(from)?,
                 new: code(to)?,
                 insn: Some(to.insn()),
+                undo: Some(from.insn()),
             });
             changes.push((core, to));
         }

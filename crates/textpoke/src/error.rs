@@ -165,9 +165,6 @@ pub enum Error {
         /// The underlying failure.
         why: String,
     },
-    /// This platform is not supported for live patching.
-    #[error("live patching is not supported on this platform: {0}")]
-    Unsupported(&'static str),
 }
 
 /// Shorthand for results with [`Error`].

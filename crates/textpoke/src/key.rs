@@ -104,6 +104,8 @@ impl<const INIT: bool> StaticKey<INIT> {
     }
 
     /// Disables the key: its count becomes 0 (whatever it was), and every site is patched.
+    /// References taken with [`inc`](Self::inc) are dropped with it: a later `dec` for them is
+    /// an underflow error. Use either `enable`/`disable` or `inc`/`dec` on one key.
     pub fn disable(&self) -> Result<()> {
         crate::Batch::new().disable(self).commit().map(drop)
     }
@@ -112,25 +114,26 @@ impl<const INIT: bool> StaticKey<INIT> {
     /// Lock-free when the key is already enabled.
     pub fn inc(&self) -> Result<()> {
         let count = &self.core.count;
-        let mut v = count.load(Ordering::Acquire);
-        while v > 0 {
-            let next = v.checked_add(1).ok_or_else(|| Error::Overflow {
-                key: Location::of(self.core.addr()),
-            })?;
-            match count.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(()),
-                Err(now) => v = now,
+        loop {
+            let mut v = count.load(Ordering::Acquire);
+            while v > 0 {
+                let next = v.checked_add(1).ok_or_else(|| Error::Overflow {
+                    key: Location::of(self.core.addr()),
+                })?;
+                match count.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Ok(()),
+                    Err(now) => v = now,
+                }
+            }
+            let lock = os::patch_lock();
+            // Under the lock the count leaves 0 only here; concurrent fast paths need it
+            // positive. If another thread enabled the key meanwhile, count up instead.
+            if count.load(Ordering::Acquire) == 0 {
+                patch_keys(&lock, &[(self.core(), false, true)])?;
+                count.store(1, Ordering::Release);
+                return Ok(());
             }
         }
-        let lock = os::patch_lock();
-        // Under the lock the count leaves 0 only here; concurrent fast paths need it positive.
-        if count.load(Ordering::Acquire) == 0 {
-            patch_keys(&lock, &[(self.core(), false, true)])?;
-            count.store(1, Ordering::Release);
-            return Ok(());
-        }
-        drop(lock);
-        self.inc()
     }
 
     /// Decrements the count, disabling the key on 1 → 0. Underflow is an error and changes
@@ -188,6 +191,19 @@ impl<const INIT: bool> StaticKey<INIT> {
     }
 }
 
+/// What a thread meeting `site` executes while its key is `enabled`.
+fn insn(site: &JumpSite, enabled: bool) -> Insn {
+    if site.jumps_when(enabled) {
+        Insn::Jmp {
+            target: site.target,
+        }
+    } else {
+        Insn::Nop {
+            len: JUMP_LABEL_LEN as u8,
+        }
+    }
+}
+
 /// Builds the poke that moves `site` from its key's state `from` to `to`.
 fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
     let code = |enabled: bool| {
@@ -203,15 +219,8 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
         addr: site.addr,
         old: code(from)?,
         new: code(to)?,
-        insn: Some(if site.jumps_when(to) {
-            Insn::Jmp {
-                target: site.target,
-            }
-        } else {
-            Insn::Nop {
-                len: JUMP_LABEL_LEN as u8,
-            }
-        }),
+        insn: Some(insn(site, to)),
+        undo: Some(insn(site, from)),
     })
 }
 

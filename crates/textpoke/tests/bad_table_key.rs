@@ -26,14 +26,14 @@ core::arch::global_asm!(
 
 #[test]
 fn unknown_key_is_an_error_and_nothing_is_written() {
-    let before = textpoke::__private::read_code(site as *const () as usize, 16);
+    let before = textpoke::__private::read_code(site as *const () as usize, 16).unwrap();
     let err = KEY.enable().unwrap_err();
     match &err {
         Error::UnknownKey { addr, .. } => assert_eq!(addr.addr, NOT_A_KEY.as_ptr() as usize),
         other => panic!("expected UnknownKey, got {other:?}"),
     }
     assert_eq!(
-        textpoke::__private::read_code(site as *const () as usize, 16),
+        textpoke::__private::read_code(site as *const () as usize, 16).unwrap(),
         before
     );
     assert!(!site());

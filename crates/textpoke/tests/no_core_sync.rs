@@ -61,10 +61,10 @@ fn refuses_without_core_serialization() {
     // In a child, so the filter does not reach the other tests.
     let status = support::in_child(|| {
         forbid_membarrier();
-        let before = textpoke::__private::read_code(KEY.sites().unwrap()[0], 5);
+        let before = textpoke::__private::read_code(KEY.sites().unwrap()[0], 5).unwrap();
         match KEY.enable() {
             Err(Error::CoreSyncUnavailable { why }) if why.contains("membarrier") => {
-                let after = textpoke::__private::read_code(KEY.sites().unwrap()[0], 5);
+                let after = textpoke::__private::read_code(KEY.sites().unwrap()[0], 5).unwrap();
                 if after == before && !site() && !KEY.is_enabled() {
                     0
                 } else {

@@ -201,14 +201,17 @@ fn far_target_goes_through_a_slot() -> Result<(), Error> {
     assert_eq!(PID.call(), -7);
     PID.update(getpid)?;
     assert_eq!(PID.call(), std::process::id() as i32);
-    let code = textpoke::__private::read_code(trampoline, 2);
+    let code = textpoke::__private::read_code(trampoline, 2).unwrap();
     assert_eq!(code, [0xff, 0x25], "far form: jmp [rip + slot]");
     // A second far update uses the other slot; back to near re-encodes a rel32 jump.
     PID.update(getpid)?;
     assert_eq!(PID.call(), std::process::id() as i32);
     PID.update(fake_pid)?;
     assert_eq!(PID.call(), -7);
-    assert_eq!(textpoke::__private::read_code(trampoline, 1), [0xe9]);
+    assert_eq!(
+        textpoke::__private::read_code(trampoline, 1).unwrap(),
+        [0xe9]
+    );
     PID.update(getpid)?;
     assert_eq!(PID.call(), std::process::id() as i32);
     Ok(())
@@ -246,7 +249,7 @@ fn bad_input_is_an_error_and_writes_nothing() {
 
     // A tampered trampoline refuses the batch, with a key in it, and nothing changes.
     let tramp = trampoline_of(&VICTIM);
-    let original = textpoke::__private::read_code(tramp, 6);
+    let original = textpoke::__private::read_code(tramp, 6).unwrap();
     let mut tampered = original.clone();
     tampered[5] = 0x90;
     support::poke_behind_back(tramp, &tampered);
@@ -260,7 +263,7 @@ fn bad_input_is_an_error_and_writes_nothing() {
         "{err:?}"
     );
     assert_eq!(support::snapshot_sites(), before);
-    assert_eq!(textpoke::__private::read_code(tramp, 6), tampered);
+    assert_eq!(textpoke::__private::read_code(tramp, 6).unwrap(), tampered);
     assert!(!VICTIM_KEY.is_enabled() && !VICTIM_LOG.is_noop());
     support::poke_behind_back(tramp, &original);
     assert_eq!(VICTIM.call(), 1);

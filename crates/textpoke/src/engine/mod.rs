@@ -41,6 +41,8 @@ pub struct Poke {
     /// for data in a text segment that no thread executes or reads while the batch runs (a
     /// far-jump slot not yet in use): it is written without a breakpoint, in the first phase.
     pub insn: Option<Insn>,
+    /// `old`, decoded: what trapped threads are given while a failed batch is rolled back.
+    pub undo: Option<Insn>,
 }
 
 /// What a committed batch cost.
@@ -77,7 +79,7 @@ pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
     runs::plan(pokes, &scratch.segments, &mut scratch.runs);
     os::prepare_for_patching()?;
 
-    let flight = trap::publish(pokes);
+    let flight = trap::publish(pokes, |p| p.insn);
     let mut stats = PatchStats {
         sites: pokes.len(),
         ..PatchStats::default()
@@ -87,21 +89,24 @@ pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
             trap::withdraw(flight);
             Ok(stats)
         }
-        Err(e) => match roll_back(pokes, scratch, &mut stats) {
-            Ok(()) => {
-                trap::withdraw(flight);
-                Err(e)
+        Err(e) => {
+            let flight = trap::republish(flight, pokes, |p| p.undo);
+            match roll_back(pokes, scratch, &mut stats) {
+                Ok(()) => {
+                    trap::withdraw(flight);
+                    Err(e)
+                }
+                Err(why) => {
+                    // Breakpoints may remain: keep the batch published forever so that every thread
+                    // that meets one is still emulated correctly.
+                    trap::abandon(flight);
+                    Err(Error::Inconsistent {
+                        site: Location::of(pokes[0].addr),
+                        why: format!("{e}; rollback: {why}"),
+                    })
+                }
             }
-            Err(why) => {
-                // Breakpoints may remain: keep the batch published forever so that every thread
-                // that meets one is still emulated correctly.
-                trap::abandon(flight);
-                Err(Error::Inconsistent {
-                    site: Location::of(pokes[0].addr),
-                    why: format!("{e}; rollback: {why}"),
-                })
-            }
-        },
+        }
     }
 }
 
@@ -169,13 +174,15 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Reads `len` bytes of code at `addr`.
-pub fn read_code(addr: usize, len: usize) -> Vec<u8> {
+/// Reads `len` bytes at `addr`, if they lie in one segment of a loaded object.
+pub fn read_code(addr: usize, len: usize) -> Option<Vec<u8>> {
+    let _lock = os::patch_lock();
+    os::object_containing(addr, len)?;
     let mut out = vec![0u8; len];
-    // SAFETY: callers pass addresses inside an executable (hence readable) segment of a
-    // loaded object; the bytes are plain data to us.
+    // SAFETY: the range lies inside a mapped segment of a loaded object (checked above; ELF
+    // load segments are readable); the bytes are plain data to us.
     unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), len) };
-    out
+    Some(out)
 }
 
 /// Buffers reused across batches (only touched under the patch lock): fresh ones per batch

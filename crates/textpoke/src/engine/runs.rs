@@ -4,12 +4,16 @@
 //! so nearby sites in one segment form a run, written with one call: the run's current bytes,
 //! with the phase's bytes laid over each site. The gaps are rewritten with the bytes already
 //! there, which no thread can tell apart from no write at all.
+//!
+//! Rewriting a gap would undo a change that another writer (a uprobe being attached or
+//! removed, a debugger) made to it between our read and our write, a few microseconds. Gaps
+//! are therefore kept short: only sites less than [`MERGE_GAP`] bytes apart share a run, which
+//! still coalesces densely packed sites (sites in small functions sit tens of bytes apart).
 
 use super::Poke;
 
-/// Sites closer than this share a run. A gap smaller than a page cannot contain a whole page,
-/// so merging never copies-on-write a page that holds no site.
-pub const MERGE_GAP: usize = 4096;
+/// Sites closer than this share a run.
+pub const MERGE_GAP: usize = 64;
 
 /// Pokes `first..last` (sorted by address) and the span `[start, end)` that covers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +88,7 @@ mod tests {
             old: c,
             new: c,
             insn: Some(Insn::Nop { len: 5 }),
+            undo: Some(Insn::Nop { len: 5 }),
         }
     }
 

@@ -3,9 +3,10 @@
 //!
 //! A thread may execute a breakpoint while a batch is in flight, yet run the handler only after
 //! the batch is done (signal delivery is not atomic with the patcher's last core sync). Such a
-//! late handler finds no batch, sees that the address is a registered site, and rewinds the
-//! thread to re-execute the site, which by then holds its final bytes. The registry is what
-//! makes this safe: an `int3` at any other address is never ours and is passed on.
+//! late handler finds no batch, sees that the address is a registered site whose breakpoint is
+//! gone, and rewinds the thread to re-execute the site, which by then holds its final bytes.
+//! The registry is what makes this safe: an `int3` at any other address is never ours and is
+//! passed on, and so is one at a registered site while no batch is in flight (someone else's).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -31,6 +32,9 @@ static EMULATED: AtomicUsize = AtomicUsize::new(0);
 /// Late traps handled by rewinding to re-execute a finished site.
 static REWOUND: AtomicUsize = AtomicUsize::new(0);
 
+/// Odd while a batch is published; bumped at every publish and withdrawal.
+static GENERATION: AtomicUsize = AtomicUsize::new(0);
+
 static FLIGHT: AtomicPtr<Flight> = AtomicPtr::new(std::ptr::null_mut());
 /// Handlers currently reading `FLIGHT`.
 static READERS: AtomicUsize = AtomicUsize::new(0);
@@ -45,8 +49,32 @@ static REGISTRY_LEN: [AtomicUsize; REGISTRY_SLOTS] =
 /// A withdrawn flight kept for reuse, so a batch does not allocate its trap table afresh.
 static SPARE: AtomicPtr<Flight> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Publishes a batch (sorted by address) before its first breakpoint is written.
-pub(super) fn publish(pokes: &[Poke]) -> *mut Flight {
+/// Publishes a batch (sorted by address) before its first breakpoint is written; `insn` says
+/// what a trapped thread is given at each poke.
+pub(super) fn publish(pokes: &[Poke], insn: fn(&Poke) -> Option<Insn>) -> *mut Flight {
+    let flight = build(pokes, insn);
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    FLIGHT.store(flight, Ordering::SeqCst);
+    flight
+}
+
+/// Replaces the published batch by one that gives trapped threads `insn` instead (a rollback
+/// must hand out the old instructions), and frees the old one once no handler reads it.
+pub(super) fn republish(
+    old: *mut Flight,
+    pokes: &[Poke],
+    insn: fn(&Poke) -> Option<Insn>,
+) -> *mut Flight {
+    let flight = build(pokes, insn);
+    FLIGHT.store(flight, Ordering::SeqCst);
+    wait_for_readers();
+    // SAFETY: `old` came from `publish`, is no longer reachable through FLIGHT, and every
+    // handler that loaded it has finished.
+    drop(unsafe { Box::from_raw(old) });
+    flight
+}
+
+fn build(pokes: &[Poke], insn: fn(&Poke) -> Option<Insn>) -> *mut Flight {
     let spare = SPARE.swap(std::ptr::null_mut(), Ordering::Acquire);
     let mut flight = if spare.is_null() {
         Box::new(Flight {
@@ -59,33 +87,41 @@ pub(super) fn publish(pokes: &[Poke]) -> *mut Flight {
     };
     flight.addrs.clear();
     flight.insns.clear();
-    for (addr, insn) in pokes.iter().filter_map(|p| Some((p.addr, p.insn?))) {
+    for (addr, insn) in pokes.iter().filter_map(|p| Some((p.addr, insn(p)?))) {
         flight.addrs.push(addr);
         flight.insns.push(insn);
     }
-    let flight = Box::into_raw(flight);
-    FLIGHT.store(flight, Ordering::SeqCst);
-    flight
+    Box::into_raw(flight)
 }
 
 /// Withdraws a batch after its last core sync, and keeps it for reuse once no handler reads it.
 pub(super) fn withdraw(flight: *mut Flight) {
     FLIGHT.store(std::ptr::null_mut(), Ordering::SeqCst);
-    let mut spins = 0u32;
-    while READERS.load(Ordering::SeqCst) != 0 {
-        spins += 1;
-        if spins < 64 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
-    }
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    wait_for_readers();
     // `flight` is no longer reachable through FLIGHT, and every handler that loaded it has
     // finished (READERS was zero after the store above): it is ours again.
     let old = SPARE.swap(flight, Ordering::Release);
     if !old.is_null() {
         // SAFETY: a spare is owned by SPARE alone; we just took it out.
         drop(unsafe { Box::from_raw(old) });
+    }
+}
+
+/// Waits until no handler reads a flight it loaded before the caller's last FLIGHT store. A
+/// reader holds it for a few hundred nanoseconds, unless preempted: then sleeping (not just
+/// yielding) lets it run even if the patcher has a real-time priority.
+fn wait_for_readers() {
+    let mut spins = 0u32;
+    while READERS.load(Ordering::SeqCst) != 0 {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else if spins < 128 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
     }
 }
 
@@ -143,6 +179,7 @@ fn registered(addr: usize) -> bool {
 /// `regs` must be the saved state of the trapped thread (see [`arch::emulate`]).
 pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
     let addr = arch::trap_address(regs.pc);
+    let generation = GENERATION.load(Ordering::SeqCst);
     READERS.fetch_add(1, Ordering::SeqCst);
     let flight = FLIGHT.load(Ordering::SeqCst);
     // SAFETY: a published flight is freed only after READERS drops to zero, and we counted
@@ -157,12 +194,23 @@ pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
         EMULATED.fetch_add(1, Ordering::Relaxed);
         return true;
     }
-    if registered(addr) {
-        regs.pc = addr;
-        REWOUND.fetch_add(1, Ordering::Relaxed);
-        return true;
+    if !registered(addr) {
+        return false;
     }
-    false
+    // SAFETY: a registered site lies in an executable segment of a loaded object, which is
+    // mapped readable; the bytes are read as plain data.
+    let now = unsafe { std::slice::from_raw_parts(addr as *const u8, arch::BREAKPOINT.len()) };
+    let settled = generation % 2 == 0 && GENERATION.load(Ordering::SeqCst) == generation;
+    if now == arch::BREAKPOINT && settled {
+        // A breakpoint at our site with no batch in flight, before or since we looked: not
+        // ours (a probe or a debugger's). Rewinding would trap forever.
+        return false;
+    }
+    // Our breakpoint, from a batch that has finished (or one that has just begun and will be
+    // found when the site traps again): re-execute the site.
+    regs.pc = addr;
+    REWOUND.fetch_add(1, Ordering::Relaxed);
+    true
 }
 
 /// In a forked child: handlers that were running in other parent threads do not exist here.

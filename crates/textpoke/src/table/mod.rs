@@ -119,6 +119,16 @@ impl Table {
     /// Sorts `addrs` (with their extents) and refuses overlaps.
     pub fn check_overlaps(&self, sorted: &[(usize, usize)]) -> Result<()> {
         for pair in sorted.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(Error::BadTable {
+                    table: self.name,
+                    why: format!(
+                        "site {} is listed by two entries: identical code folding merged two \
+                         functions with sites (link with --icf=none or --icf=safe)",
+                        Location::of(pair[0].0)
+                    ),
+                });
+            }
             if pair[0].0 + pair[0].1 > pair[1].0 {
                 return Err(Error::Overlap {
                     first: Location::of(pair[0].0),

@@ -18,7 +18,7 @@ pub fn snapshot_sites() -> Vec<(usize, Vec<u8>)> {
     textpoke::jump_sites()
         .expect("table validates")
         .iter()
-        .map(|s| (s.addr, textpoke::__private::read_code(s.addr, 5)))
+        .map(|s| (s.addr, textpoke::__private::read_code(s.addr, 5).unwrap()))
         .collect()
 }
 
@@ -66,4 +66,20 @@ pub fn in_child(child: impl FnOnce() -> i32) -> i32 {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs `handler` as the SA_SIGINFO SIGTRAP handler and returns what it replaced.
+pub fn install_sigtrap(
+    handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+) -> libc::sigaction {
+    // SAFETY: installs a valid handler with an empty mask; `old` receives the previous one.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        let mut old: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(libc::SIGTRAP, &sa, &mut old), 0);
+        old
+    }
 }

@@ -11,8 +11,8 @@ pub fn register_once() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         super::lock::register_fork_handlers();
-        // SAFETY: `child` only resets atomics and closes a descriptor, both async-signal-safe,
-        // which is what the child side of `pthread_atfork` requires.
+        // SAFETY: `child` only stores to atomics, which is async-signal-safe, as the child side
+        // of `pthread_atfork` requires.
         unsafe { libc::pthread_atfork(None, None, Some(child)) };
     });
 }

@@ -53,6 +53,8 @@ pub struct PatchGuard {
 
 /// Takes the process-wide patch lock, waiting as long as needed.
 pub fn patch_lock() -> PatchGuard {
+    // Before the first lock: a child forked while another thread holds it must not inherit it.
+    register_fork_handlers();
     lock_word(&shared().lock);
     PatchGuard { _private: () }
 }

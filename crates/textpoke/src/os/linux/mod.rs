@@ -8,17 +8,23 @@ mod signal;
 mod sync;
 mod threads;
 
-pub use lock::{PatchGuard, lock_shared_state_addr, patch_lock};
+pub use lock::{PatchGuard, lock_shared_state_addr};
 pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, threads_blocking_sigtrap};
 
+/// Takes the process-wide patch lock. The first call also registers the fork handlers, so that
+/// a child never inherits a held lock or this copy's per-process state.
+pub fn patch_lock() -> PatchGuard {
+    fork::register_once();
+    lock::patch_lock()
+}
+
 /// Makes everything a batch needs ready: the trap handler, core serialization, the writer.
 /// Cheap after the first call in a process (one `sigaction` query).
 pub fn prepare_for_patching() -> crate::Result<()> {
-    fork::register_once();
     prepare_core_sync()?;
     ensure_trap_handler()
 }

@@ -51,6 +51,8 @@ impl Object {
     }
 }
 
+/// Only used under the patch lock, which is held across `fork()`, so a child never inherits
+/// this mutex locked.
 static CACHE: Mutex<Option<Arc<Vec<Object>>>> = Mutex::new(None);
 
 /// All loaded objects, freshly enumerated.
@@ -80,13 +82,20 @@ pub fn loaded_objects() -> Vec<Object> {
                     .into_owned()
             };
             let base = info.dlpi_addr as usize;
-            let phdrs = std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            let phdrs = if info.dlpi_phdr.is_null() {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize)
+            };
             let segments = phdrs
                 .iter()
                 .filter(|p| p.p_type == libc::PT_LOAD)
                 .map(|p| Segment {
-                    start: base + p.p_vaddr as usize,
-                    end: base + (p.p_vaddr + p.p_memsz) as usize,
+                    // The load bias may wrap (prelinked objects, the vDSO on old kernels).
+                    start: base.wrapping_add(p.p_vaddr as usize),
+                    end: base
+                        .wrapping_add(p.p_vaddr as usize)
+                        .wrapping_add(p.p_memsz as usize),
                     exec: p.p_flags & libc::PF_X != 0,
                     write: p.p_flags & libc::PF_W != 0,
                 })
@@ -163,7 +172,12 @@ type Named = Option<(String, usize)>;
 
 /// Object (path, offset) and nearest dynamic symbol (name, offset) for `addr`.
 pub fn describe(addr: usize) -> (Named, Named) {
-    let object = object_containing(addr, 1).map(|o| (o.name, addr - o.base));
+    // A fresh enumeration, not the cache: errors are described outside the patch lock too,
+    // and the cache's mutex must only be taken under it (the lock is held across fork).
+    let object = loaded_objects()
+        .into_iter()
+        .find(|o| o.contains(addr, 1))
+        .map(|o| (o.name, addr.wrapping_sub(o.base)));
     // SAFETY: `dladdr` only reads loader state and writes the provided struct.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: as above; a zero return means "no information".
@@ -171,7 +185,10 @@ pub fn describe(addr: usize) -> (Named, Named) {
     let symbol = (found && !info.dli_sname.is_null()).then(|| {
         // SAFETY: `dladdr` returned a NUL-terminated name that lives as long as the object.
         let name = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
-        (name.into_owned(), addr - info.dli_saddr as usize)
+        (
+            name.into_owned(),
+            addr.wrapping_sub(info.dli_saddr as usize),
+        )
     });
     (object, symbol)
 }
