@@ -85,6 +85,7 @@ macro_rules! align_loop {
         unsafe { std::arch::asm!(".p2align 6", options(nomem, nostack, preserves_flags)) }
     };
 }
+pub(crate) use align_loop;
 
 #[inline(never)]
 fn empty_loop(iters: u64) -> u64 {

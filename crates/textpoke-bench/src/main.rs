@@ -4,6 +4,9 @@
 //!   textpoke against static-keys 0.8.2, plus table bytes per site for both;
 //! - `branch`: ns per iteration of a loop over one disabled branch: textpoke, `AtomicBool`,
 //!   static-keys, and an empty loop;
+//! - `call`: ns per call of a direct call, a textpoke static call, a function pointer loaded from
+//!   an `AtomicPtr` on every call (as `multiversion` dispatches) and a `&dyn Fn`, and the time of
+//!   one static-call update while another thread calls it;
 //! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
 //!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
@@ -12,6 +15,7 @@
 
 mod affinity;
 mod branch;
+mod call;
 mod peer;
 mod raw;
 mod sites;
@@ -93,6 +97,9 @@ enum Command {
     Toggle(toggle::ToggleArgs),
     /// ns per iteration of a loop over one disabled branch (textpoke, AtomicBool, static-keys).
     Branch(branch::BranchArgs),
+    /// ns per call: direct, static call, fn pointer loaded from an AtomicPtr, &dyn Fn; and the
+    /// time of one static-call update while another thread calls it.
+    Call(call::CallArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
     Raw(raw::RawArgs),
@@ -115,6 +122,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_line(&serde_json::to_string(&row)?)
             } else {
                 branch::print_table(&row)
+            }
+        }
+        Command::Call(args) => {
+            let row = call::run(&args)?;
+            if args.json {
+                print_line(&serde_json::to_string(&row)?)
+            } else {
+                call::print_table(&row)
             }
         }
         Command::Raw(args) => {

@@ -200,7 +200,7 @@ pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
     // SAFETY: a registered site lies in an executable segment of a loaded object, which is
     // mapped readable; the bytes are read as plain data.
     let now = unsafe { std::slice::from_raw_parts(addr as *const u8, arch::BREAKPOINT.len()) };
-    let settled = generation % 2 == 0 && GENERATION.load(Ordering::SeqCst) == generation;
+    let settled = generation.is_multiple_of(2) && GENERATION.load(Ordering::SeqCst) == generation;
     if now == arch::BREAKPOINT && settled {
         // A breakpoint at our site with no batch in flight, before or since we looked: not
         // ours (a probe or a debugger's). Rewinding would trap forever.
