@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustix::thread::futex;
 
-/// State shared by every copy of textpoke in the binary. Layout is part of the `v1` contract:
-/// only append fields, never reorder.
+/// State shared by every copy of textpoke linked into one object (executable or shared
+/// library). Its symbol name and layout are part of the `v1` contract, frozen for good: only
+/// append fields within the 64 bytes, never reorder; a new layout needs a new name.
 #[repr(C)]
 pub struct SharedState {
     /// 0 = free, 1 = held, 2 = held with waiters.
@@ -19,7 +20,11 @@ pub struct SharedState {
     fork_handlers: AtomicU32,
 }
 
+// `.ifndef`: with fat LTO every copy's module assembly is joined into one unit, where a second
+// definition would be an error; in separate units each copy defines the symbol and the COMDAT
+// group keeps one.
 core::arch::global_asm!(
+    ".ifndef textpoke_shared_v1",
     ".pushsection .bss.textpoke_shared_v1,\"awG\",@nobits,textpoke_shared_v1,comdat",
     ".weak textpoke_shared_v1",
     ".hidden textpoke_shared_v1",
@@ -29,6 +34,7 @@ core::arch::global_asm!(
     ".zero 64",
     ".size textpoke_shared_v1, 64",
     ".popsection",
+    ".endif",
 );
 
 unsafe extern "C" {
