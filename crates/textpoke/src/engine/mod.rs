@@ -177,10 +177,17 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
 /// Reads `len` bytes at `addr`, if they lie in one segment of a loaded object.
 pub fn read_code(addr: usize, len: usize) -> Option<Vec<u8>> {
     let _lock = os::patch_lock();
-    os::object_containing(addr, len)?;
+    let object = os::object_containing(addr, len)?;
+    if !object
+        .segments
+        .iter()
+        .any(|s| s.read && s.contains(addr, len))
+    {
+        return None;
+    }
     let mut out = vec![0u8; len];
-    // SAFETY: the range lies inside a mapped segment of a loaded object (checked above; ELF
-    // load segments are readable); the bytes are plain data to us.
+    // SAFETY: the range lies inside a readable segment of a loaded object (checked above); the
+    // bytes are plain data to us.
     unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), len) };
     Some(out)
 }

@@ -58,7 +58,7 @@ pub fn image(
     buf: &mut Vec<u8>,
 ) {
     buf.clear();
-    // SAFETY: the run lies in one executable, hence readable, segment of a loaded object (the
+    // SAFETY: the run lies in one readable, executable segment of a loaded object (the
     // engine checked every poke, and runs never cross segments), and only the patch-lock holder
     // writes it.
     buf.extend_from_slice(unsafe {

@@ -102,11 +102,11 @@ impl Table {
         let Some(seg) = object.segments.iter().find(|s| s.contains(addr, size)) else {
             return Err(reject("outside the declaring object's segments"));
         };
-        if !seg.write {
-            return Err(reject("in a read-only segment"));
+        if !seg.write || !seg.read {
+            return Err(reject("not in a readable, writable segment"));
         }
-        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, writable (hence
-        // readable) segment of the object; the signature is read as plain data.
+        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, readable and
+        // writable segment of the object; the signature is read as plain data.
         let found = unsafe { std::ptr::read_volatile((addr + magic_offset) as *const u32) };
         if found != magic {
             return Err(reject(

@@ -14,11 +14,18 @@ pub struct Segment {
     pub end: usize,
     /// `PF_X`.
     pub exec: bool,
+    /// `PF_R`.
+    pub read: bool,
     /// `PF_W`.
     pub write: bool,
 }
 
 impl Segment {
+    /// Readable and executable.
+    pub fn is_text(&self) -> bool {
+        self.exec && self.read
+    }
+
     /// Whether `[addr, addr + len)` lies inside this segment.
     pub fn contains(&self, addr: usize, len: usize) -> bool {
         addr >= self.start && addr.checked_add(len).is_some_and(|e| e <= self.end)
@@ -37,12 +44,13 @@ pub struct Object {
 }
 
 impl Object {
-    /// The executable segment containing `[addr, addr + len)`, if any.
+    /// The readable, executable segment containing `[addr, addr + len)`, if any. textpoke
+    /// reads what it patches, so execute-only text does not count.
     pub fn text_segment(&self, addr: usize, len: usize) -> Option<Segment> {
         self.segments
             .iter()
             .copied()
-            .find(|s| s.exec && s.contains(addr, len))
+            .find(|s| s.is_text() && s.contains(addr, len))
     }
 
     /// Whether any segment contains `[addr, addr + len)`.
@@ -97,6 +105,7 @@ pub fn loaded_objects() -> Vec<Object> {
                         .wrapping_add(p.p_vaddr as usize)
                         .wrapping_add(p.p_memsz as usize),
                     exec: p.p_flags & libc::PF_X != 0,
+                    read: p.p_flags & libc::PF_R != 0,
                     write: p.p_flags & libc::PF_W != 0,
                 })
                 .collect();
@@ -146,7 +155,7 @@ impl TextMap {
     fn from_objects(objs: &[Object]) -> Self {
         let mut segments: Vec<Segment> = objs
             .iter()
-            .flat_map(|o| o.segments.iter().copied().filter(|s| s.exec))
+            .flat_map(|o| o.segments.iter().copied().filter(Segment::is_text))
             .collect();
         segments.sort_unstable_by_key(|s| s.start);
         TextMap { segments }
