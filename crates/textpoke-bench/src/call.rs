@@ -1,0 +1,649 @@
+//! `call`: what one call costs through each way of dispatching it, and what one static-call
+//! update costs while another thread is calling.
+//!
+//! Dispatch: four loops call the same `#[inline(never)]` function [`work`]
+//! (`x.wrapping_mul(31) ^ 7`), on the loop counter passed through `black_box`, and XOR the
+//! results into a checksum that every loop must agree on:
+//!
+//! - direct: a plain `call work`;
+//! - static call: `SC.call(x)`, a `call` to the trampoline, whose `jmp rel32` goes to `work`;
+//! - function pointer: a `Relaxed` load of a static `AtomicPtr` on every call, then an indirect
+//!   `call`, as the `multiversion` crate dispatches. The pointer is stored to at run time (from
+//!   `black_box`) and the loaded value feeds an opaque call, so it can be neither treated as a
+//!   constant nor hoisted out of the loop;
+//! - `&dyn Fn`: a call through the vtable of a `black_box`'d `&dyn Fn(u64) -> u64`, which cannot
+//!   be devirtualized.
+//!
+//! Every loop is preceded by 64-byte alignment (as in `branch`), and the loops run `reps` times
+//! each, interleaved in a rotating order; the median ns per call of each is reported.
+//!
+//! Update: one thread (pinned to a CPU other than the updater's, when there is one) calls `SC`
+//! continuously and checks that every return value comes from one of the two targets that the
+//! updater alternates between, [`work_alt`] and [`work`]. Each `SC.update` is timed on its own,
+//! and after each one the updater checks that its own next call reaches the new target.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
+use crate::branch::align_loop;
+use crate::{BenchError, Result, stats};
+
+textpoke::static_call! {
+    /// The measured static call. Bound to [`work`] while dispatch is measured; the update
+    /// measurement alternates it between [`work_alt`] and [`work`] and leaves it on [`work`].
+    static SC: fn(u64) -> u64 = work;
+}
+
+/// The function pointer of the `fn_pointer` loop. Always holds [`work`]; stored to at run time
+/// (see [`run`]), so the compiler cannot treat it as a constant.
+static FN_PTR: AtomicPtr<()> = AtomicPtr::new(work as *mut ());
+
+/// The trivial work every loop calls: one multiply and one XOR.
+#[inline(always)]
+fn mix(x: u64, k: u64) -> u64 {
+    x.wrapping_mul(31) ^ k
+}
+
+/// The function every dispatch loop calls.
+#[inline(never)]
+fn work(x: u64) -> u64 {
+    mix(x, 7)
+}
+
+/// The other update target: the same work, a different constant, so that every return value
+/// tells which target produced it.
+#[inline(never)]
+fn work_alt(x: u64) -> u64 {
+    mix(x, 5)
+}
+
+/// Options of the `call` subcommand.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CallArgs {
+    /// Calls per repetition of each dispatch loop.
+    #[arg(long, default_value_t = 20_000_000)]
+    pub iters: u64,
+    /// Repetitions of each dispatch loop; the median is reported.
+    #[arg(long, default_value_t = 21)]
+    pub reps: usize,
+    /// Individually timed static-call updates; the median is reported.
+    #[arg(long, default_value_t = 1001)]
+    pub samples: usize,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The results.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallRow {
+    /// A direct call to `work`, ns per call.
+    pub direct_ns: f64,
+    /// A static call bound to `work`, ns per call.
+    pub static_call_ns: f64,
+    /// A call through a function pointer loaded (`Relaxed`) from an `AtomicPtr` every time,
+    /// ns per call.
+    pub fn_pointer_ns: f64,
+    /// A call through a `&dyn Fn(u64) -> u64`, ns per call.
+    pub dyn_ns: f64,
+    /// `static_call_ns / direct_ns`.
+    pub static_call_vs_direct: f64,
+    /// Median wall time of one `SC.update` while another thread calls `SC`, in µs.
+    pub update_us_median: f64,
+    /// 90th percentile of those update times, in µs.
+    pub update_us_p90: f64,
+    /// Timed updates.
+    pub update_samples: usize,
+    /// Calls the calling thread made while the updates were timed.
+    pub caller_calls: u64,
+    /// Return values of the calling thread that came from neither target (always 0: any other
+    /// count is an error).
+    pub violations: u64,
+    /// Whether the static-call loop calls the trampoline with a direct `call rel32` (rather than
+    /// through a pointer slot such as a GOT entry).
+    pub static_call_direct: bool,
+    /// What each dispatch loop does per call, read back from this process's machine code.
+    pub loop_code: LoopCode,
+    /// Calls per repetition of each dispatch loop.
+    pub iters: u64,
+    /// Repetitions of each dispatch loop.
+    pub reps: usize,
+    /// How it was measured.
+    pub note: String,
+}
+
+#[inline(never)]
+fn direct_loop(iters: u64) -> u64 {
+    let mut acc = 0u64;
+    align_loop!();
+    for i in 0..iters {
+        acc ^= work(black_box(i));
+    }
+    acc
+}
+
+#[inline(never)]
+fn static_call_loop(iters: u64) -> u64 {
+    let mut acc = 0u64;
+    align_loop!();
+    for i in 0..iters {
+        acc ^= SC.call(black_box(i));
+    }
+    acc
+}
+
+#[inline(never)]
+fn fn_pointer_loop(iters: u64) -> u64 {
+    let mut acc = 0u64;
+    align_loop!();
+    for i in 0..iters {
+        let p = FN_PTR.load(Ordering::Relaxed);
+        // SAFETY: `FN_PTR` only ever holds the address of `work` (its initializer and the one
+        // store in `run`), a `fn(u64) -> u64`; a non-null code pointer of that exact type.
+        let f = unsafe { std::mem::transmute::<*mut (), fn(u64) -> u64>(p) };
+        acc ^= f(black_box(i));
+    }
+    acc
+}
+
+#[inline(never)]
+fn dyn_loop(iters: u64) -> u64 {
+    let f: &dyn Fn(u64) -> u64 = black_box(&work);
+    let mut acc = 0u64;
+    align_loop!();
+    for i in 0..iters {
+        acc ^= f(black_box(i));
+    }
+    acc
+}
+
+/// A dispatch loop: makes `iters` calls and returns the XOR of their results.
+type Loop = fn(u64) -> u64;
+
+/// The loops, in the order their results are reported.
+const LOOPS: [(&str, Loop); 4] = [
+    ("direct", direct_loop),
+    ("static call", static_call_loop),
+    ("fn pointer", fn_pointer_loop),
+    ("dyn Fn", dyn_loop),
+];
+
+/// The checksum every loop must return for `iters` calls.
+fn checksum(iters: u64) -> u64 {
+    (0..iters).fold(0, |acc, i| acc ^ mix(i, 7))
+}
+
+fn check(name: &str, iters: u64, got: u64) -> Result<()> {
+    if got == checksum(iters) {
+        Ok(())
+    } else {
+        Err(BenchError::new(format!(
+            "the {name} loop returned checksum {got:#x} for {iters} calls, expected {:#x}: it \
+             did not call `work` every time",
+            checksum(iters)
+        )))
+    }
+}
+
+/// Runs every dispatch loop `reps` times, interleaved; returns the median ns per call of each.
+fn measure_dispatch(iters: u64, reps: usize) -> Result<[f64; LOOPS.len()]> {
+    // Warm-up and correctness: one short run of each.
+    let warm = iters / 10 + 1;
+    for (name, f) in LOOPS {
+        check(name, warm, f(black_box(warm)))?;
+    }
+    let want = checksum(iters);
+    let mut ns: [Vec<f64>; LOOPS.len()] = Default::default();
+    for rep in 0..reps {
+        for k in 0..LOOPS.len() {
+            let which = (rep + k) % LOOPS.len();
+            let (name, f) = LOOPS[which];
+            let start = Instant::now();
+            let got = f(black_box(iters));
+            let elapsed = start.elapsed();
+            if got != want {
+                check(name, iters, got)?;
+            }
+            ns[which].push(elapsed.as_secs_f64() * 1e9 / iters as f64);
+        }
+    }
+    Ok(ns.map(|v| stats::median(&v)))
+}
+
+/// What each dispatch loop's machine code does per call, read back from this process's own
+/// text.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoopCode {
+    /// The direct loop.
+    pub direct: String,
+    /// The static-call loop.
+    pub static_call: String,
+    /// The function-pointer loop.
+    pub fn_pointer: String,
+    /// The `&dyn Fn` loop.
+    pub dyn_fn: String,
+}
+
+/// Most bytes of a loop function that are disassembled (they end well before: at their `ret`).
+const MAX_LOOP_BYTES: usize = 512;
+
+/// Copies `len` bytes at `addr` if they lie inside one readable (`PF_R`) `PT_LOAD` segment of
+/// a loaded object.
+fn read_mapped(addr: usize, len: usize) -> Option<Vec<u8>> {
+    let inside = textpoke::__private::loaded_objects()
+        .iter()
+        .flat_map(|o| &o.segments)
+        .any(|s| s.read && s.contains(addr, len));
+    // SAFETY: `[addr, addr + len)` lies inside a `PF_R` `PT_LOAD` segment of a loaded object,
+    // which the dynamic loader maps readable, and which stays mapped: only the program and the
+    // libraries it was started with are searched, and this benchmark unloads nothing. The
+    // bytes are copied as plain data.
+    inside.then(|| unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec())
+}
+
+/// The bytes of the function at `addr`, up to the end of its (readable) executable segment or
+/// [`MAX_LOOP_BYTES`].
+fn function_bytes(addr: usize) -> Result<Vec<u8>> {
+    let seg = textpoke::__private::loaded_objects()
+        .iter()
+        .find_map(|o| o.text_segment(addr, 1))
+        .ok_or_else(|| {
+            BenchError::new(format!(
+                "{addr:#x} is not in any readable executable segment"
+            ))
+        })?;
+    let len = (seg.end - addr).min(MAX_LOOP_BYTES);
+    read_mapped(addr, len)
+        .ok_or_else(|| BenchError::new(format!("cannot read the code at {addr:#x}")))
+}
+
+/// Replaces every number in `insn` (iced-x86's Intel syntax: hexadecimal with an `h` suffix,
+/// as in `call 0000000000401000h` or `mov rax,[404020h]`) that is the address of one of `names`
+/// with its name, and every memory operand `[number]` whose 8-byte content is one of them with
+/// `[slot holding name]`. Returns the text and whether anything was named.
+fn annotate(insn: &str, names: &[(usize, &str)]) -> (String, bool) {
+    let name_of = |a: usize| names.iter().find(|&&(n, _)| n == a).map(|&(_, s)| s);
+    let word_byte = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    let bytes = insn.as_bytes();
+    let (mut out, mut named, mut i) = (String::new(), false, 0);
+    while i < bytes.len() {
+        let digits = bytes[i..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        let end = i + digits;
+        let number = (digits > 0
+            && !word_byte(i.checked_sub(1).and_then(|p| bytes.get(p)))
+            && bytes.get(end) == Some(&b'h')
+            && !word_byte(bytes.get(end + 1)))
+        .then(|| usize::from_str_radix(&insn[i..end], 16).ok())
+        .flatten();
+        let Some(addr) = number else {
+            let next = insn[i..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&insn[i..i + next]);
+            i += next;
+            continue;
+        };
+        let bracketed = out.ends_with('[') && bytes.get(end + 1) == Some(&b']');
+        let slot = || {
+            let word = read_mapped(addr, 8)?;
+            name_of(usize::from_le_bytes(word.try_into().ok()?))
+        };
+        let replacement = match (name_of(addr), bracketed.then(slot).flatten()) {
+            (Some(name), _) => Some(name.to_string()),
+            (None, Some(name)) => Some(format!("slot holding {name}")),
+            (None, None) => None,
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str(&r);
+                named = true;
+            }
+            None => out.push_str(&insn[i..=end]),
+        }
+        i = end + 1;
+    }
+    (out, named)
+}
+
+/// The calls in the loop function at `addr` (up to its first `ret`), and every instruction
+/// there that names one of `names` directly or through a slot, annotated by [`annotate`].
+fn describe_loop(addr: usize, names: &[(usize, &str)]) -> Result<String> {
+    let text = textpoke::__private::disassemble(addr, &function_bytes(addr)?);
+    let mut kept = Vec::new();
+    for insn in text.split("; ") {
+        if insn.starts_with("ret") || insn == "(bad)" {
+            break;
+        }
+        let (annotated, named) = annotate(insn, names);
+        if named || insn.starts_with("call") {
+            kept.push(annotated);
+        }
+    }
+    Ok(kept.join("; "))
+}
+
+/// What each dispatch loop does per call, from its machine code.
+fn loop_code() -> Result<LoopCode> {
+    let names = [
+        (work as *const () as usize, "work"),
+        (work_alt as *const () as usize, "work_alt"),
+        (textpoke::__private::trampoline_of(&SC)?, "SC's trampoline"),
+        (&FN_PTR as *const AtomicPtr<()> as usize, "FN_PTR"),
+    ];
+    let describe = |f: Loop| describe_loop(f as usize, &names);
+    Ok(LoopCode {
+        direct: describe(direct_loop)?,
+        static_call: describe(static_call_loop)?,
+        fn_pointer: describe(fn_pointer_loop)?,
+        dyn_fn: describe(dyn_loop)?,
+    })
+}
+
+/// Retargets `SC` to `target` and checks that this thread's next call reaches it.
+fn update_to(target: fn(u64) -> u64, probe: u64) -> Result<()> {
+    SC.update(target)?;
+    let (got, want) = (SC.call(black_box(probe)), target(probe));
+    if got == want {
+        Ok(())
+    } else {
+        Err(BenchError::new(format!(
+            "after an update, SC({probe}) returned {got:#x}, expected {want:#x}"
+        )))
+    }
+}
+
+/// What the update measurement found.
+struct Updates {
+    times_us: Vec<f64>,
+    caller_calls: u64,
+    violations: u64,
+}
+
+/// Times `samples` updates of `SC`, alternating `work_alt` (first) and `work`, while one
+/// thread, pinned to `caller_cpu`, calls `SC` continuously. Leaves `SC` on `work`.
+fn measure_updates(samples: usize, caller_cpu: usize) -> Result<Updates> {
+    // Untimed warm-up: the first write to the trampoline's page copies it, and the call table
+    // is indexed on the first update.
+    for n in 0..4 {
+        update_to(if n % 2 == 0 { work_alt } else { work }, n)?;
+    }
+    let stop = AtomicBool::new(false);
+    let calls = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let caller = std::thread::Builder::new()
+            .name("caller".into())
+            .spawn_scoped(scope, || -> Result<(u64, u64)> {
+                CpuMask::only(caller_cpu).apply()?;
+                let (mut n, mut bad) = (0u64, 0u64);
+                let mut x = 0u64;
+                loop {
+                    let r = SC.call(black_box(x));
+                    if r != mix(x, 7) && r != mix(x, 5) {
+                        bad += 1;
+                    }
+                    x = x.wrapping_add(1);
+                    n += 1;
+                    calls.store(n, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok((n, bad));
+                    }
+                }
+            })
+            .map_err(|e| BenchError::new(format!("cannot start the calling thread: {e}")))?;
+        // Wait until the caller is pinned and has made a call (or has failed to pin itself).
+        while calls.load(Ordering::Relaxed) == 0 && !caller.is_finished() {
+            std::thread::yield_now();
+        }
+        let timed = || -> Result<(Vec<f64>, u64)> {
+            let mut times = Vec::with_capacity(samples);
+            let before = calls.load(Ordering::Relaxed);
+            for i in 0..samples {
+                let target: fn(u64) -> u64 = if i % 2 == 0 { work_alt } else { work };
+                let start = Instant::now();
+                SC.update(target)?;
+                times.push(start.elapsed().as_secs_f64() * 1e6);
+                let (got, want) = (SC.call(black_box(i as u64)), target(i as u64));
+                if got != want {
+                    return Err(BenchError::new(format!(
+                        "after update {i}, SC({i}) returned {got:#x}, expected {want:#x}"
+                    )));
+                }
+            }
+            let after = calls.load(Ordering::Relaxed);
+            Ok((times, after - before))
+        };
+        let result = if caller.is_finished() {
+            Ok((Vec::new(), 0))
+        } else {
+            timed()
+        };
+        stop.store(true, Ordering::Relaxed);
+        let joined = caller
+            .join()
+            .map_err(|_| BenchError::new("the calling thread panicked"))?;
+        let (times_us, caller_calls) = result?;
+        let (_, violations) = joined?;
+        Ok(Updates {
+            times_us,
+            caller_calls,
+            violations,
+        })
+    })
+    .and_then(|u| {
+        update_to(work, 1)?;
+        Ok(u)
+    })
+}
+
+/// Measures dispatch, then updates, and reports both.
+pub fn run(args: &CallArgs) -> Result<CallRow> {
+    if args.iters == 0 || args.reps == 0 || args.samples == 0 {
+        return Err(BenchError::new(
+            "--iters, --reps and --samples must be at least 1",
+        ));
+    }
+    FN_PTR.store(black_box(work as *mut ()), Ordering::Relaxed);
+    let saved = affinity::current()?;
+    let _restore = RestoreAffinity(saved);
+    let placement = Placement::over(&saved.cpus())?;
+    CpuMask::only(placement.main).apply()?;
+    // Dispatch is measured with `SC` on `work`, where it starts and where updates leave it.
+    update_to(work, 0)?;
+    let loop_code = loop_code()?;
+    let static_call_direct = loop_code
+        .static_call
+        .split("; ")
+        .any(|insn| insn == "call SC's trampoline");
+
+    let [direct, static_call, fn_pointer, dyn_fn] = measure_dispatch(args.iters, args.reps)?;
+    let caller_cpu = placement.busy_cpu(0);
+    let updates = measure_updates(args.samples, caller_cpu)?;
+    if updates.violations != 0 {
+        return Err(BenchError::new(format!(
+            "{} of the calling thread's return values came from neither target during the \
+             updates",
+            updates.violations
+        )));
+    }
+    if updates.times_us.len() != args.samples {
+        return Err(BenchError::new(
+            "the calling thread ended before the updates were timed",
+        ));
+    }
+    Ok(CallRow {
+        direct_ns: direct,
+        static_call_ns: static_call,
+        fn_pointer_ns: fn_pointer,
+        dyn_ns: dyn_fn,
+        static_call_vs_direct: static_call / direct,
+        update_us_median: stats::median(&updates.times_us),
+        update_us_p90: stats::percentile(&updates.times_us, 0.9),
+        update_samples: updates.times_us.len(),
+        caller_calls: updates.caller_calls,
+        violations: updates.violations,
+        static_call_direct,
+        loop_code,
+        iters: args.iters,
+        reps: args.reps,
+        note: note(args, &placement, caller_cpu, static_call_direct),
+    })
+}
+
+fn note(args: &CallArgs, placement: &Placement, caller_cpu: usize, direct: bool) -> String {
+    let mut note = format!(
+        "dispatch: median of {} interleaved repetitions of {} calls per loop; each loop is \
+         64-byte aligned and calls the same #[inline(never)] fn work(x) = x*31 ^ 7 on the \
+         counter passed through black_box, XOR-ing the results into a checksum checked against \
+         the expected one; direct: a plain call; static call: SC.call(x), whose trampoline \
+         `jmp rel32`s to work; fn pointer: a Relaxed load of a static AtomicPtr (stored to at \
+         run time) on every call, then an indirect call; dyn: an indirect call through the \
+         vtable of a black_box'd &dyn Fn (its Fn::call shim for the fn item then jumps to work); \
+         loop_code lists each loop's calls and every instruction that names work, the \
+         trampoline or FN_PTR (directly or through a pointer slot), disassembled from this \
+         process's own text; update: median of {} individually timed SC.update calls \
+         alternating between work_alt (x*31 ^ 5) and work while one thread calls SC \
+         continuously, checking every return value against both targets; each update is also \
+         checked by one call from the updater",
+        args.reps, args.iters, args.samples
+    );
+    if !direct {
+        note.push_str(
+            "; NOTE: the static-call loop does NOT call the trampoline directly: it goes through \
+             a pointer slot (see loop_code), because rustc treats the trampoline, declared in an \
+             extern block and defined in global_asm!, as possibly external in a PIE and reaches \
+             it through the GOT",
+        );
+    }
+    if caller_cpu == placement.main {
+        note.push_str(&format!(
+            "; updater and caller both pinned to CPU {} (too few CPUs: they share it)",
+            placement.main
+        ));
+    } else {
+        note.push_str(&format!(
+            "; updater pinned to CPU {}, caller to CPU {caller_cpu}",
+            placement.main
+        ));
+    }
+    if cfg!(debug_assertions) {
+        note.push_str("; DEBUG BUILD: not representative");
+    }
+    note
+}
+
+/// Prints the results as a table on stdout.
+pub fn print_table(r: &CallRow) -> Result<()> {
+    let rows = [
+        ("direct call (ns)", r.direct_ns),
+        ("static call (ns)", r.static_call_ns),
+        ("fn pointer from AtomicPtr (ns)", r.fn_pointer_ns),
+        ("&dyn Fn (ns)", r.dyn_ns),
+        ("static call / direct", r.static_call_vs_direct),
+        ("update, median (µs)", r.update_us_median),
+        ("update, p90 (µs)", r.update_us_p90),
+        ("update samples", r.update_samples as f64),
+        ("caller calls during updates", r.caller_calls as f64),
+        ("violations", r.violations as f64),
+    ];
+    crate::print_rows(("what", "value"), &rows, &r.note)?;
+    let code = &r.loop_code;
+    for (name, text) in [
+        ("direct", &code.direct),
+        ("static call", &code.static_call),
+        ("fn pointer", &code.fn_pointer),
+        ("dyn Fn", &code.dyn_fn),
+    ] {
+        crate::print_line(&format!("code of the {name} loop: {text}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_call_run_gives_a_complete_json_object() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let row = run(&CallArgs {
+            iters: 1000,
+            reps: 3,
+            samples: 9,
+            json: true,
+        })?;
+        let line = serde_json::to_string(&row)?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or_else(|| panic!("{k} missing or not a number in {line}"))
+        };
+        let mut positive = vec![
+            "direct_ns",
+            "static_call_ns",
+            "fn_pointer_ns",
+            "dyn_ns",
+            "static_call_vs_direct",
+            "update_us_median",
+            "update_us_p90",
+            "update_samples",
+            "iters",
+            "reps",
+        ];
+        // With one CPU the caller may not run at all while a few updates are timed.
+        if affinity::current()?.cpus().len() > 1 {
+            positive.push("caller_calls");
+        } else {
+            assert!(num("caller_calls").is_finite());
+        }
+        for k in positive {
+            assert!(num(k) > 0.0 && num(k).is_finite(), "{k} in {line}");
+        }
+        assert_eq!(num("violations"), 0.0);
+        assert_eq!(v["update_samples"].as_u64(), Some(9));
+        assert_eq!(v["iters"].as_u64(), Some(1000));
+        assert_eq!(v["reps"].as_u64(), Some(3));
+        assert!(v["note"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(v["static_call_direct"].is_boolean());
+        // What each loop calls, whatever the optimization level.
+        let code = &row.loop_code;
+        assert!(code.direct.contains("call work"), "{line}");
+        assert!(code.static_call.contains("SC's trampoline"), "{line}");
+        assert!(!code.static_call.contains("work"), "{line}");
+        assert!(code.fn_pointer.contains("FN_PTR"), "{line}");
+        assert!(code.dyn_fn.contains("call qword ptr [r"), "{line}");
+        assert_eq!(SC.call(3), work(3), "the run leaves SC on work");
+        Ok(())
+    }
+
+    #[test]
+    fn annotate_names_addresses_and_slots() {
+        static SLOT: fn(u64) -> u64 = work;
+        let w = work as *const () as usize;
+        let names = [(w, "work")];
+        let slot = &SLOT as *const fn(u64) -> u64 as usize;
+        for (insn, want, named) in [
+            (format!("call {w:016X}h"), "call work".to_string(), true),
+            (format!("mov rax,[{w:X}h]"), "mov rax,[work]".into(), true),
+            (
+                format!("call qword ptr [{slot:X}h]"),
+                "call qword ptr [slot holding work]".into(),
+                true,
+            ),
+            (
+                "call qword ptr [r12+28h]".into(),
+                "call qword ptr [r12+28h]".into(),
+                false,
+            ),
+            ("mov ah,bh".into(), "mov ah,bh".into(), false),
+            ("call 10h".into(), "call 10h".into(), false),
+        ] {
+            assert_eq!(annotate(&insn, &names), (want, named), "{insn}");
+        }
+    }
+}
