@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use crate::arch::{TRAMPOLINE_PATCH_LEN, TrampolineForm};
+use crate::arch::{CALL_LEN, Insn, TRAMPOLINE_PATCH_LEN, TrampolineForm, call_code};
 use crate::engine::{Code, Poke};
 use crate::os::{PatchGuard, TextMap};
 use crate::table::call::{CallSite, call_index};
@@ -95,6 +95,100 @@ pub trait StaticCall: Sync + 'static {
 /// A static call whose function returns `()`, which may therefore become a no-op.
 pub trait NoopCall: StaticCall {}
 
+/// A value passed in one integer register of the C ABI, for inline call sites.
+///
+/// # Safety
+///
+/// `into_reg` must produce what the C ABI puts in a register for this type (the low bits
+/// matter; the rest may be anything).
+#[doc(hidden)]
+pub unsafe trait CArg {
+    /// The register's value.
+    fn into_reg(self) -> u64;
+}
+
+/// A value returned in `rax` by the C ABI, for inline call sites.
+///
+/// # Safety
+///
+/// `from_reg` must read the value the C ABI returns in `rax` for this type.
+#[doc(hidden)]
+pub unsafe trait CRet {
+    /// The value, from `rax`.
+    fn from_reg(rax: u64) -> Self;
+}
+
+macro_rules! c_integers {
+    ($($t:ty),*) => {$(
+        // SAFETY: integers travel in the low bits of one register.
+        unsafe impl CArg for $t {
+            fn into_reg(self) -> u64 {
+                self as u64
+            }
+        }
+        // SAFETY: integers are returned in the low bits of `rax`.
+        unsafe impl CRet for $t {
+            fn from_reg(rax: u64) -> Self {
+                rax as $t
+            }
+        }
+    )*};
+}
+c_integers!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+
+// SAFETY: `bool` travels as 0 or 1 in the low byte.
+unsafe impl CArg for bool {
+    fn into_reg(self) -> u64 {
+        self as u64
+    }
+}
+// SAFETY: `bool` is returned as 0 or 1 in `al`.
+unsafe impl CRet for bool {
+    fn from_reg(rax: u64) -> Self {
+        rax as u8 != 0
+    }
+}
+// SAFETY: nothing is returned.
+unsafe impl CRet for () {
+    fn from_reg(_: u64) {}
+}
+// SAFETY: thin pointers and references travel as addresses in one register.
+unsafe impl<T> CArg for *const T {
+    fn into_reg(self) -> u64 {
+        self as usize as u64
+    }
+}
+// SAFETY: as above.
+unsafe impl<T> CArg for *mut T {
+    fn into_reg(self) -> u64 {
+        self as usize as u64
+    }
+}
+// SAFETY: as above.
+unsafe impl<T> CArg for &T {
+    fn into_reg(self) -> u64 {
+        self as *const T as usize as u64
+    }
+}
+// SAFETY: as above.
+unsafe impl<T> CArg for &mut T {
+    fn into_reg(self) -> u64 {
+        self as *mut T as usize as u64
+    }
+}
+// SAFETY: thin pointers are returned as addresses in `rax`.
+unsafe impl<T> CRet for *const T {
+    fn from_reg(rax: u64) -> Self {
+        rax as usize as *const T
+    }
+}
+// SAFETY: as above.
+unsafe impl<T> CRet for *mut T {
+    fn from_reg(rax: u64) -> Self {
+        rax as usize as *mut T
+    }
+}
+
 /// Retargets planned in one batch, to be recorded once the batch is written.
 pub(crate) struct CallPlan<'a> {
     changes: Vec<(&'a CallCore, TrampolineForm)>,
@@ -168,6 +262,12 @@ impl<'a> CallPlan<'a> {
                 insn: Some(to.insn()),
                 undo: Some(from.insn()),
             });
+            for site in index.inline_sites(core.addr()) {
+                let (old, new) = (site_target(site, from, tramp), site_target(site, to, tramp));
+                if old != new {
+                    pokes.push(inline_poke(site, old, new)?);
+                }
+            }
             changes.push((core, to));
         }
         Ok(CallPlan { changes })
@@ -192,6 +292,51 @@ pub fn trampoline_of<C: StaticCall>(call: &C) -> Result<usize> {
             table: crate::table::call::CALL_SECTION,
             why: format!("static call {} is not in the table", Location::of(core)),
         })
+}
+
+/// Where an inline call site calls for a trampoline in `form`: the target itself when a
+/// `call rel32` reaches it, otherwise the trampoline (far targets, no-op).
+fn site_target(site: usize, form: TrampolineForm, tramp: usize) -> usize {
+    match form {
+        TrampolineForm::Near(t) | TrampolineForm::Far { target: t, .. }
+            if call_code(site, t).is_some() =>
+        {
+            t
+        }
+        _ => tramp,
+    }
+}
+
+/// Retargets the `call rel32` at `site` from `old` to `new`.
+fn inline_poke(site: usize, old: usize, new: usize) -> Result<Poke> {
+    let code = |target| {
+        call_code(site, target).ok_or_else(|| Error::OutOfRange {
+            site: Location::of(site),
+            target,
+            len: CALL_LEN,
+        })
+    };
+    Ok(Poke {
+        addr: site,
+        old: code(old)?,
+        new: code(new)?,
+        insn: Some(Insn::Call {
+            target: new,
+            len: CALL_LEN as u8,
+        }),
+        undo: Some(Insn::Call {
+            target: old,
+            len: CALL_LEN as u8,
+        }),
+    })
+}
+
+/// Addresses of `call`'s inline call sites (validating the call tables on first use).
+pub fn inline_sites_of<C: StaticCall>(call: &C) -> Result<Vec<usize>> {
+    let lock = crate::os::patch_lock();
+    Ok(call_index(&lock)?
+        .inline_sites(call.__core().addr())
+        .collect())
 }
 
 /// A target must be code in a loaded object, and not the trampoline itself.
@@ -261,6 +406,23 @@ fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
 macro_rules! static_call {
     () => {};
     (
+        $(#[$attr:meta])* inline $vis:vis static $name:ident:
+            extern "C" fn($($arg:ty),* $(,)?) -> $ret:ty = $init:path;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call!([$(#[$attr])*] $vis $name ["C"] [$($arg),*] [$ret] $init, inline);
+        $crate::static_call!($($rest)*);
+    };
+    (
+        $(#[$attr:meta])* inline $vis:vis static $name:ident:
+            extern "C" fn($($arg:ty),* $(,)?) = $init:path;
+        $($rest:tt)*
+    ) => {
+        $crate::__static_call!([$(#[$attr])*] $vis $name ["C"] [$($arg),*] [()] $init, inline);
+        $crate::__static_call_noop!($name);
+        $crate::static_call!($($rest)*);
+    };
+    (
         $(#[$attr:meta])* $vis:vis static $name:ident:
             $(extern $abi:literal)? fn($($arg:ty),* $(,)?) -> $ret:ty = $init:path;
         $($rest:tt)*
@@ -274,6 +436,15 @@ macro_rules! static_call {
         $($rest:tt)*
     ) => {
         $crate::__static_call!([$(#[$attr])*] $vis $name [$($abi)?] [$($arg),*] [()] $init);
+        $crate::__static_call_noop!($name);
+        $crate::static_call!($($rest)*);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_noop {
+    ($name:ident) => {
         impl $crate::NoopCall for $name {}
         impl $name {
             /// Makes the call a no-op, like the kernel's `static_call_cond` with a NULL target.
@@ -282,14 +453,13 @@ macro_rules! static_call {
                 $crate::Batch::new().update_noop(self).commit().map(drop)
             }
         }
-        $crate::static_call!($($rest)*);
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call {
-    ([$($attr:tt)*] $vis:vis $name:ident [$($abi:literal)?] [$($arg:ty),*] [$ret:ty] $init:path) => {
+    ([$($attr:tt)*] $vis:vis $name:ident [$($abi:literal)?] [$($arg:ty),*] [$ret:ty] $init:path $(, $inline:ident)?) => {
         $($attr)*
         #[allow(non_camel_case_types)]
         #[repr(transparent)]
@@ -322,7 +492,10 @@ macro_rules! __static_call {
             }
 
             impl $name {
-                $crate::__static_call_method!([] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] [$($arg),*] $ret);
+                $crate::__static_call_method!(
+                    $($inline $name $init)? [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11]
+                    ["rdi" "rsi" "rdx" "rcx" "r8" "r9"] [$($arg),*] $ret
+                );
 
                 /// Retargets every caller to `f`. Safe while other threads call it.
                 pub fn update(&self, f: $(extern $abi)? fn($($arg),*) -> $ret) -> $crate::Result<()> {
@@ -355,7 +528,7 @@ macro_rules! __static_call_extern {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_method {
-    ([$($p:ident: $t:ty),*] [$($unused:ident)*] [] $ret:ty) => {
+    ([$($p:ident: $t:ty = $r:tt),*] [$($unused:ident)*] [$($unused_r:tt)*] [] $ret:ty) => {
         /// Calls the current target: a direct call to the trampoline, which jumps to it.
         #[inline(always)]
         pub fn call(&self, $($p: $t),*) -> $ret {
@@ -366,7 +539,25 @@ macro_rules! __static_call_method {
             unsafe { __textpoke_trampoline($($p),*) }
         }
     };
-    ([$($p:ident: $t:ty),*] [$n:ident $($ns:ident)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
-        $crate::__static_call_method!([$($p: $t,)* $n: $t0] [$($ns)*] [$($ts),*] $ret);
+    (inline $name:ident $init:path [$($p:ident: $t:ty = $r:tt),*] [$($unused:ident)*] [$($unused_r:tt)*] [] $ret:ty) => {
+        /// Calls the current target from an inline site: a direct `call` that textpoke
+        /// retargets itself, so no trampoline is in the way while the target is in range.
+        #[inline(always)]
+        pub fn call(&self, $($p: $t),*) -> $ret {
+            let rax = $crate::__arch_inline_call!(
+                $name, $init, $($r = $crate::__private::CArg::into_reg($p)),*
+            );
+            <$ret as $crate::__private::CRet>::from_reg(rax)
+        }
+    };
+    (inline $name:ident $init:path [$($p:ident: $t:ty = $r:tt),*] [$n:ident $($ns:ident)*] [$r0:tt $($rs:tt)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
+        $crate::__static_call_method!(
+            inline $name $init [$($p: $t = $r,)* $n: $t0 = $r0] [$($ns)*] [$($rs)*] [$($ts),*] $ret
+        );
+    };
+    ([$($p:ident: $t:ty = $r:tt),*] [$n:ident $($ns:ident)*] [$($rs:tt)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
+        $crate::__static_call_method!(
+            [$($p: $t = $r,)* $n: $t0 = _] [$($ns)*] [] [$($ts),*] $ret
+        );
     };
 }

@@ -64,7 +64,7 @@ pub use table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
-    pub use crate::call::{CallCore, trampoline_of};
+    pub use crate::call::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{MERGE_GAP, read_code, trap_counts};
     pub use crate::os::{loaded_objects, lock_shared_state_addr};
     pub use crate::table::jump::jump_table_bytes;

@@ -1,12 +1,14 @@
-//! The static-call table and its lazy index.
+//! The static-call tables and their lazy index.
 //!
-//! Format `v1`: each entry is 12 bytes, three self-relative 32-bit offsets: the trampoline, the
-//! call's state (`CallCore`), and the initial target.
+//! Format `v1`: `textpoke_call_v1` has one 12-byte entry per static call, three self-relative
+//! 32-bit offsets: the trampoline, the call's state (`CallCore`), and the initial target.
+//! `textpoke_callsite_v1` has one 8-byte entry per inline call site (a `call rel32` that
+//! textpoke emitted itself): the site and the call's state.
 
 use std::sync::OnceLock;
 
 use super::Table;
-use crate::arch::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
+use crate::arch::{CALL_LEN, TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 use crate::call::CallCore;
 use crate::os::PatchGuard;
 use crate::{Error, Location, Result};
@@ -16,9 +18,16 @@ pub const CALL_SECTION: &str = "textpoke_call_v1";
 /// Bytes per entry.
 pub const CALL_ENTRY_SIZE: usize = 12;
 
+/// Name of the section holding inline call sites.
+pub const CALLSITE_SECTION: &str = "textpoke_callsite_v1";
+/// Bytes per call-site entry.
+pub const CALLSITE_ENTRY_SIZE: usize = 8;
+
 core::arch::global_asm!(
     ".pushsection textpoke_call_v1,\"aR\",@progbits",
-    ".popsection"
+    ".popsection",
+    ".pushsection textpoke_callsite_v1,\"aR\",@progbits",
+    ".popsection",
 );
 
 unsafe extern "C" {
@@ -26,6 +35,10 @@ unsafe extern "C" {
     static CALL_START: [u8; 0];
     #[link_name = "__stop_textpoke_call_v1"]
     static CALL_STOP: [u8; 0];
+    #[link_name = "__start_textpoke_callsite_v1"]
+    static CALLSITE_START: [u8; 0];
+    #[link_name = "__stop_textpoke_callsite_v1"]
+    static CALLSITE_STOP: [u8; 0];
 }
 
 /// One static call, as validated from the table.
@@ -39,12 +52,21 @@ pub struct CallSite {
     pub initial: usize,
 }
 
-/// Every validated static call, sorted by state address.
+/// Every validated static call, sorted by state address, and every inline call site, sorted
+/// by (state, site).
 pub(crate) struct CallIndex {
     calls: Vec<CallSite>,
+    inline: Vec<(usize, usize)>,
 }
 
 impl CallIndex {
+    /// The inline call sites of the call whose state is at `core`.
+    pub(crate) fn inline_sites(&self, core: usize) -> impl Iterator<Item = usize> + '_ {
+        let lo = self.inline.partition_point(|&(c, _)| c < core);
+        let hi = self.inline.partition_point(|&(c, _)| c <= core);
+        self.inline[lo..hi].iter().map(|&(_, site)| site)
+    }
+
     pub(crate) fn find(&self, core: usize) -> Option<&CallSite> {
         self.calls
             .binary_search_by_key(&core, |c| c.core)
@@ -72,7 +94,10 @@ fn build(lock: &PatchGuard) -> Result<CallIndex> {
     };
     let entries = table.entries()?;
     let Some(object) = &entries.object else {
-        return Ok(CallIndex { calls: Vec::new() });
+        return Ok(CallIndex {
+            calls: Vec::new(),
+            inline: Vec::new(),
+        });
     };
     let mut calls = Vec::with_capacity(entries.count);
     for index in 0..entries.count {
@@ -120,5 +145,42 @@ fn build(lock: &PatchGuard) -> Result<CallIndex> {
             ),
         });
     }
-    Ok(CallIndex { calls })
+    let inline = build_inline(lock, &calls)?;
+    Ok(CallIndex { calls, inline })
+}
+
+/// Validates the inline call sites: each a `call rel32` in the text of the object that declared
+/// it, for a static call of the call table.
+fn build_inline(lock: &PatchGuard, calls: &[CallSite]) -> Result<Vec<(usize, usize)>> {
+    let table = Table {
+        name: CALLSITE_SECTION,
+        entry_size: CALLSITE_ENTRY_SIZE,
+        start: (&raw const CALLSITE_START) as usize,
+        stop: (&raw const CALLSITE_STOP) as usize,
+    };
+    let entries = table.entries()?;
+    let Some(object) = &entries.object else {
+        return Ok(Vec::new());
+    };
+    let mut sites = Vec::with_capacity(entries.count);
+    for index in 0..entries.count {
+        let (site, core) = (entries.field(index, 0), entries.field(index, 1));
+        table.check_text(object, "call site", site, CALL_LEN)?;
+        if calls.binary_search_by_key(&core, |c| c.core).is_err() {
+            return Err(Error::UnknownKey {
+                table: CALLSITE_SECTION,
+                index,
+                addr: Location::of(core),
+                why: "not a static call of the call table",
+            });
+        }
+        sites.push((core, site));
+    }
+    sites.sort_unstable_by_key(|&(_, site)| site);
+    let extents: Vec<(usize, usize)> = sites.iter().map(|&(_, s)| (s, CALL_LEN)).collect();
+    table.check_overlaps(&extents)?;
+    let addrs: &'static [usize] = Vec::leak(sites.iter().map(|&(_, s)| s).collect());
+    crate::engine::register_sites(lock, addrs)?;
+    sites.sort_unstable();
+    Ok(sites)
 }

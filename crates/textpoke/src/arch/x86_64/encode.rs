@@ -10,16 +10,28 @@ pub const JUMP_LABEL_LEN: usize = 5;
 /// `nopl 0x0(%rax,%rax,1)`, the 5-byte NOP recommended by the optimization manuals.
 const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
+/// Length of a `call rel32` site.
+pub const CALL_LEN: usize = 5;
+
 /// The bytes of a static-branch site at `site`: `jmp target` when `jump`, else a NOP.
 /// `None` when `target` is out of rel32 range (the caller names the site in its error).
 pub fn jump_label_code(site: usize, target: usize, jump: bool) -> Option<Code> {
     if !jump {
         return Code::new(&NOP5);
     }
-    let rel = (target as i64).wrapping_sub(site as i64 + JUMP_LABEL_LEN as i64);
-    let rel = i32::try_from(rel).ok()?;
-    let r = rel.to_le_bytes();
-    Code::new(&[0xe9, r[0], r[1], r[2], r[3]])
+    rel32_code(0xe9, site, target)
+}
+
+/// `call target` at `site`; `None` when `target` is out of rel32 range.
+pub fn call_code(site: usize, target: usize) -> Option<Code> {
+    rel32_code(0xe8, site, target)
+}
+
+/// A 5-byte `opcode rel32` at `site` reaching `target`.
+fn rel32_code(opcode: u8, site: usize, target: usize) -> Option<Code> {
+    let rel = (target as i64).wrapping_sub(site as i64 + 5);
+    let r = i32::try_from(rel).ok()?.to_le_bytes();
+    Code::new(&[opcode, r[0], r[1], r[2], r[3]])
 }
 
 /// Intel-syntax text of the instructions in `bytes`, as if they sat at `addr`.
@@ -60,6 +72,16 @@ mod tests {
         assert_eq!(code.as_slice(), &[0xe9, 0xfb, 0xfe, 0xff, 0xff]);
         assert!(jump_label_code(0x1000, 0x1000 + (1usize << 31) + 5, true).is_none());
         assert!(jump_label_code(0x1000, 0x1000 + (1usize << 31) + 4, true).is_some());
+    }
+
+    #[test]
+    fn call_encodes_rel32() {
+        let code = call_code(0x1000, 0x2000).unwrap();
+        assert_eq!(
+            disassemble(0x1000, code.as_slice()),
+            "call 0000000000002000h"
+        );
+        assert!(call_code(0x1000, 0x1000 + (1usize << 32)).is_none());
     }
 
     #[test]

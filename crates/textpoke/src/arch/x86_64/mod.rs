@@ -5,7 +5,7 @@ mod encode;
 mod trampoline;
 
 pub use emulate::{Insn, Regs, condition_holds, emulate};
-pub use encode::{JUMP_LABEL_LEN, disassemble, jump_label_code};
+pub use encode::{CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code};
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.
@@ -57,4 +57,40 @@ macro_rules! __arch_static_branch {
             $likely
         }
     };
+}
+
+/// Calls static call `$core` from an inline site emitted here, with up to six integer-class
+/// arguments in the C ABI's registers (pairs of register name and `u64` value). The site is a
+/// `call rel32` to `$target` (the compiled-in target), recorded in `textpoke_callsite_v1` as
+/// two self-relative offsets: the site and the call's state. Evaluates to `rax`. Used by
+/// `static_call!` only.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __arch_inline_call {
+    ($core:path, $target:path, $($reg:tt = $val:expr),*) => {{
+        let ret: u64;
+        // SAFETY: the site calls, with the C ABI, a function of the static call's declared
+        // C-ABI signature (the compiled-in target, one passed to `update`, or the trampoline,
+        // which jumps to one or returns at once for a `()` call); every register the C ABI lets
+        // it change is declared clobbered, and the stack is not marked `nostack`, so it is
+        // aligned for a call and no red-zone data is live.
+        unsafe {
+            ::core::arch::asm!(
+                "2:",
+                ".byte 0xe8",
+                ".long {target} - (2b + 5)",
+                ".pushsection textpoke_callsite_v1,\"aR\",@progbits",
+                ".balign 4",
+                ".long 2b - .",
+                ".long {core} - .",
+                ".popsection",
+                target = sym $target,
+                core = sym $core,
+                $(in($reg) $val,)*
+                lateout("rax") ret,
+                clobber_abi("C"),
+            );
+        }
+        ret
+    }};
 }
