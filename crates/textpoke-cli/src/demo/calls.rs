@@ -1,5 +1,6 @@
 //! The demo's static calls: 4 calls retargeted by a fixed schedule among 8 targets, so that
-//! every returned value says which target produced it.
+//! every returned value says which target produced it. Two go through their trampolines (Rust
+//! ABI); two are C-ABI calls with inline call sites, retargeted in place.
 
 /// Number of static calls.
 pub const CALLS: usize = 4;
@@ -10,10 +11,25 @@ fn target<const I: u64>(x: u64) -> u64 {
     x * 16 + I
 }
 
+extern "C" fn c_target<const I: u64>(x: u64) -> u64 {
+    x * 16 + I
+}
+
 /// What target `t` returns for `x`.
 pub fn expected(x: u64, t: u64) -> u64 {
     x * 16 + t
 }
+
+const C_TARGET_FNS: [extern "C" fn(u64) -> u64; TARGETS as usize] = [
+    c_target::<0>,
+    c_target::<1>,
+    c_target::<2>,
+    c_target::<3>,
+    c_target::<4>,
+    c_target::<5>,
+    c_target::<6>,
+    c_target::<7>,
+];
 
 const TARGET_FNS: [fn(u64) -> u64; TARGETS as usize] = [
     target::<0>,
@@ -29,8 +45,8 @@ const TARGET_FNS: [fn(u64) -> u64; TARGETS as usize] = [
 textpoke::static_call! {
     static CALL0: fn(u64) -> u64 = target::<0>;
     static CALL1: fn(u64) -> u64 = target::<1>;
-    static CALL2: fn(u64) -> u64 = target::<2>;
-    static CALL3: fn(u64) -> u64 = target::<3>;
+    inline static CALL2: extern "C" fn(u64) -> u64 = c_target::<2>;
+    inline static CALL3: extern "C" fn(u64) -> u64 = c_target::<3>;
 }
 
 /// The target of call `c` at version `v` (version 0 is the compiled-in one). Every update moves
@@ -51,12 +67,12 @@ pub fn call(c: usize, x: u64) -> u64 {
 
 /// Adds "retarget call `c` to its version `v`" to `batch`.
 pub fn update(batch: textpoke::Batch<'static>, c: usize, v: u64) -> textpoke::Batch<'static> {
-    let f = TARGET_FNS[scheduled(c, v) as usize];
+    let t = scheduled(c, v) as usize;
     match c {
-        0 => batch.update(&CALL0, f),
-        1 => batch.update(&CALL1, f),
-        2 => batch.update(&CALL2, f),
-        _ => batch.update(&CALL3, f),
+        0 => batch.update(&CALL0, TARGET_FNS[t]),
+        1 => batch.update(&CALL1, TARGET_FNS[t]),
+        2 => batch.update(&CALL2, C_TARGET_FNS[t]),
+        _ => batch.update(&CALL3, C_TARGET_FNS[t]),
     }
 }
 
