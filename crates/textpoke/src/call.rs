@@ -398,6 +398,28 @@ fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
 ///
 /// Use the macro at module level (it emits the trampoline with `global_asm!`).
 ///
+/// **Inline call sites.** A C-ABI static call with up to six integer-class arguments
+/// (integers, `bool`, raw pointers, references) and an integer-class, pointer or `()` result
+/// can be declared `inline`. Each `call()` then emits its own `call rel32` to the current
+/// target, recorded in the `textpoke_callsite_v1` table (never found by scanning code), and
+/// `update` retargets every such site directly, in the same batch as the trampoline. Far
+/// targets and no-ops are reached through the trampoline.
+///
+/// ```
+/// textpoke::static_call! {
+///     inline static FAST: extern "C" fn(u64, *const u8) -> u64 = first;
+/// }
+/// extern "C" fn first(x: u64, _: *const u8) -> u64 { x + 1 }
+/// extern "C" fn second(x: u64, _: *const u8) -> u64 { x + 2 }
+///
+/// fn main() -> Result<(), textpoke::Error> {
+///     assert_eq!(FAST.call(1, std::ptr::null()), 2); // `call first`, no trampoline
+///     FAST.update(second)?;                          // now `call second`
+///     assert_eq!(FAST.call(1, std::ptr::null()), 3);
+///     Ok(())
+/// }
+/// ```
+///
 /// Signatures take up to 12 arguments, references included, in the Rust ABI or, written
 /// `extern "C" fn(...)`, the C ABI. Generic functions work through their instantiations
 /// (`HASH.update(hash_with::<Fx>)`). Each static call gets its own trampoline symbol, named
