@@ -137,17 +137,22 @@ mod tests {
         taken & 0xff != 0
     }
 
+    /// Every combination of the flags Jcc reads, over the always-set bits (IF, bit 1).
+    fn flag_combinations() -> impl Iterator<Item = u64> {
+        let bits = [CF, PF, ZF, SF, OF];
+        (0..32u32).map(move |combo| {
+            bits.iter()
+                .enumerate()
+                .filter(|(i, _)| combo & (1 << i) != 0)
+                .fold(0x202u64, |acc, (_, b)| acc | b)
+        })
+    }
+
     #[test]
     fn every_condition_matches_the_cpu_for_every_flag_combination() {
-        let bits = [CF, PF, ZF, SF, OF];
         for cc in 0..16u8 {
             let (mut seen_true, mut seen_false) = (false, false);
-            for combo in 0..32u32 {
-                let flags = bits
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| combo & (1 << i) != 0)
-                    .fold(0x202u64, |acc, (_, b)| acc | b);
+            for flags in flag_combinations() {
                 let want = hardware_taken(cc, flags);
                 assert_eq!(condition_holds(cc, flags), want, "cc {cc} flags {flags:#x}");
                 seen_true |= want;
@@ -159,15 +164,9 @@ mod tests {
 
     #[test]
     fn jcc_emulation_for_every_condition_both_ways() {
-        let bits = [CF, PF, ZF, SF, OF];
         for cc in 0..16u8 {
             let mut outcomes = [false; 2];
-            for combo in 0..32u32 {
-                let flags = bits
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| combo & (1 << i) != 0)
-                    .fold(0x202u64, |acc, (_, b)| acc | b);
+            for flags in flag_combinations() {
                 let mut regs = Regs {
                     pc: 0x2001,
                     sp: 0x7000,
