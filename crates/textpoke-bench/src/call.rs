@@ -14,13 +14,22 @@
 //! - `&dyn Fn`: a call through the vtable of a `black_box`'d `&dyn Fn(u64) -> u64`, which cannot
 //!   be devirtualized.
 //!
+//! Two more loops do the same with the C ABI, calling [`work_c`] (the same work as [`work`]):
+//!
+//! - direct C: a plain `call work_c`;
+//! - inline static call: `SCI.call(x)`, where `SCI` is an `inline` C-ABI static call: the call
+//!   instruction in the loop is textpoke's own `call rel32`, aimed straight at `work_c`, which
+//!   every update retargets directly (no trampoline in the way).
+//!
 //! Every loop is preceded by 64-byte alignment (as in `branch`), and the loops run `reps` times
 //! each, interleaved in a rotating order; the median ns per call of each is reported.
 //!
 //! Update: one thread (pinned to a CPU other than the updater's, when there is one) calls `SC`
 //! continuously and checks that every return value comes from one of the two targets that the
 //! updater alternates between, [`work_alt`] and [`work`]. Each `SC.update` is timed on its own,
-//! and after each one the updater checks that its own next call reaches the new target.
+//! and after each one the updater checks that its own next call reaches the new target. Then the
+//! same is done for `SCI`, alternating between [`work_c_alt`] and [`work_c`], with a new calling
+//! thread (whose call is one of `SCI`'s inline sites, retargeted by every update).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
@@ -36,6 +45,10 @@ textpoke::static_call! {
     /// The measured static call. Bound to [`work`] while dispatch is measured; the update
     /// measurement alternates it between [`work_alt`] and [`work`] and leaves it on [`work`].
     static SC: fn(u64) -> u64 = work;
+    /// The measured inline static call. Bound to [`work_c`] while dispatch is measured; the
+    /// update measurement alternates it between [`work_c_alt`] and [`work_c`] and leaves it on
+    /// [`work_c`].
+    inline static SCI: extern "C" fn(u64) -> u64 = work_c;
 }
 
 /// The function pointer of the `fn_pointer` loop. Always holds [`work`]; stored to at run time
@@ -58,6 +71,33 @@ fn work(x: u64) -> u64 {
 /// tells which target produced it.
 #[inline(never)]
 fn work_alt(x: u64) -> u64 {
+    mix(x, 5)
+}
+
+/// Keeps a C-ABI twin of a Rust-ABI function a function of its own: rustc's LLVM
+/// `MergeFunctions` pass would otherwise fold `work_c` into `work` (and `work_c_alt` into
+/// `work_alt`), identical in LLVM IR, making both one address. The pass compares inline
+/// assembly, so this empty `asm!` keeps them apart; it emits no instruction, so the machine code
+/// stays that of the twin.
+macro_rules! distinct {
+    () => {
+        // SAFETY: an empty template: no instruction is emitted, and no register, memory, stack
+        // or flag is touched.
+        unsafe { std::arch::asm!("", options(nomem, nostack, preserves_flags)) }
+    };
+}
+
+/// The function the C-ABI dispatch loops call: the same work (and machine code) as [`work`].
+#[inline(never)]
+extern "C" fn work_c(x: u64) -> u64 {
+    distinct!();
+    mix(x, 7)
+}
+
+/// The other update target of `SCI`: the same work (and machine code) as [`work_alt`].
+#[inline(never)]
+extern "C" fn work_c_alt(x: u64) -> u64 {
+    distinct!();
     mix(x, 5)
 }
 
@@ -92,6 +132,12 @@ pub struct CallRow {
     pub dyn_ns: f64,
     /// `static_call_ns / direct_ns`.
     pub static_call_vs_direct: f64,
+    /// A direct call to the C-ABI `work_c`, ns per call.
+    pub direct_c_ns: f64,
+    /// An inline static call (`SCI`, C ABI) bound to `work_c`, ns per call.
+    pub static_call_inline_ns: f64,
+    /// `static_call_inline_ns / direct_c_ns`.
+    pub static_call_inline_vs_direct: f64,
     /// Median wall time of one `SC.update` while another thread calls `SC`, in µs.
     pub update_us_median: f64,
     /// 90th percentile of those update times, in µs.
@@ -103,9 +149,26 @@ pub struct CallRow {
     /// Return values of the calling thread that came from neither target (always 0: any other
     /// count is an error).
     pub violations: u64,
+    /// Median wall time of one `SCI.update` while another thread calls `SCI`, in µs.
+    pub update_inline_us_median: f64,
+    /// 90th percentile of those update times, in µs.
+    pub update_inline_us_p90: f64,
+    /// Timed `SCI` updates.
+    pub update_inline_samples: usize,
+    /// Calls the calling thread made while the `SCI` updates were timed.
+    pub caller_calls_inline: u64,
+    /// Return values of the thread calling `SCI` that came from neither target (always 0: any
+    /// other count is an error).
+    pub violations_inline: u64,
+    /// Inline call sites of `SCI` in this program, each retargeted by every `SCI.update`
+    /// (besides its trampoline).
+    pub inline_sites: usize,
     /// Whether the static-call loop calls the trampoline with a direct `call rel32` (rather than
     /// through a pointer slot such as a GOT entry).
     pub static_call_direct: bool,
+    /// Whether the inline-static-call loop calls `work_c` with a direct `call rel32` (its inline
+    /// site, aimed at the current target).
+    pub static_call_inline_direct: bool,
     /// What each dispatch loop does per call, read back from this process's machine code.
     pub loop_code: LoopCode,
     /// Calls per repetition of each dispatch loop.
@@ -132,6 +195,26 @@ fn static_call_loop(iters: u64) -> u64 {
     align_loop!();
     for i in 0..iters {
         acc ^= SC.call(black_box(i));
+    }
+    acc
+}
+
+#[inline(never)]
+fn direct_c_loop(iters: u64) -> u64 {
+    let mut acc = 0u64;
+    align_loop!();
+    for i in 0..iters {
+        acc ^= work_c(black_box(i));
+    }
+    acc
+}
+
+#[inline(never)]
+fn static_call_inline_loop(iters: u64) -> u64 {
+    let mut acc = 0u64;
+    align_loop!();
+    for i in 0..iters {
+        acc ^= SCI.call(black_box(i));
     }
     acc
 }
@@ -165,11 +248,13 @@ fn dyn_loop(iters: u64) -> u64 {
 type Loop = fn(u64) -> u64;
 
 /// The loops, in the order their results are reported.
-const LOOPS: [(&str, Loop); 4] = [
+const LOOPS: [(&str, Loop); 6] = [
     ("direct", direct_loop),
     ("static call", static_call_loop),
     ("fn pointer", fn_pointer_loop),
     ("dyn Fn", dyn_loop),
+    ("direct C", direct_c_loop),
+    ("inline static call", static_call_inline_loop),
 ];
 
 /// The checksum every loop must return for `iters` calls.
@@ -183,7 +268,7 @@ fn check(name: &str, iters: u64, got: u64) -> Result<()> {
     } else {
         Err(BenchError::new(format!(
             "the {name} loop returned checksum {got:#x} for {iters} calls, expected {:#x}: it \
-             did not call `work` every time",
+             did not call `work` (or `work_c`) every time",
             checksum(iters)
         )))
     }
@@ -226,6 +311,10 @@ pub struct LoopCode {
     pub fn_pointer: String,
     /// The `&dyn Fn` loop.
     pub dyn_fn: String,
+    /// The direct C-ABI loop.
+    pub direct_c: String,
+    /// The inline-static-call loop.
+    pub static_call_inline: String,
 }
 
 /// Most bytes of a loop function that are disassembled (they end well before: at their `ret`).
@@ -334,6 +423,12 @@ fn loop_code() -> Result<LoopCode> {
         (work_alt as *const () as usize, "work_alt"),
         (textpoke::__private::trampoline_of(&SC)?, "SC's trampoline"),
         (&FN_PTR as *const AtomicPtr<()> as usize, "FN_PTR"),
+        (work_c as *const () as usize, "work_c"),
+        (work_c_alt as *const () as usize, "work_c_alt"),
+        (
+            textpoke::__private::trampoline_of(&SCI)?,
+            "SCI's trampoline",
+        ),
     ];
     let describe = |f: Loop| describe_loop(f as usize, &names);
     Ok(LoopCode {
@@ -341,18 +436,60 @@ fn loop_code() -> Result<LoopCode> {
         static_call: describe(static_call_loop)?,
         fn_pointer: describe(fn_pointer_loop)?,
         dyn_fn: describe(dyn_loop)?,
+        direct_c: describe(direct_c_loop)?,
+        static_call_inline: describe(static_call_inline_loop)?,
     })
 }
 
-/// Retargets `SC` to `target` and checks that this thread's next call reaches it.
-fn update_to(target: fn(u64) -> u64, probe: u64) -> Result<()> {
-    SC.update(target)?;
-    let (got, want) = (SC.call(black_box(probe)), target(probe));
+/// A static call whose updates are measured, between a main target (`x*31 ^ 7`) and an
+/// alternative (`x*31 ^ 5`).
+trait Measured: Sync + 'static {
+    /// Its name, for messages.
+    const NAME: &'static str;
+    /// Calls it (inlined into the caller, so that an inline static call's site is there).
+    fn invoke(&self, x: u64) -> u64;
+    /// Retargets it to the alternative target when `alt`, else to the main one.
+    fn retarget(&self, alt: bool) -> Result<()>;
+}
+
+impl Measured for SC {
+    const NAME: &'static str = "SC";
+    #[inline(always)]
+    fn invoke(&self, x: u64) -> u64 {
+        SC.call(x)
+    }
+    fn retarget(&self, alt: bool) -> Result<()> {
+        Ok(SC.update(if alt { work_alt } else { work })?)
+    }
+}
+
+impl Measured for SCI {
+    const NAME: &'static str = "SCI";
+    #[inline(always)]
+    fn invoke(&self, x: u64) -> u64 {
+        SCI.call(x)
+    }
+    fn retarget(&self, alt: bool) -> Result<()> {
+        Ok(SCI.update(if alt { work_c_alt } else { work_c })?)
+    }
+}
+
+/// What the target chosen by `alt` returns for `x`.
+fn expected(alt: bool, x: u64) -> u64 {
+    mix(x, if alt { 5 } else { 7 })
+}
+
+/// Retargets `call` (to its alternative target when `alt`) and checks that this thread's next
+/// call reaches the new target.
+fn update_to<C: Measured>(call: &C, alt: bool, probe: u64) -> Result<()> {
+    call.retarget(alt)?;
+    let (got, want) = (call.invoke(black_box(probe)), expected(alt, probe));
     if got == want {
         Ok(())
     } else {
         Err(BenchError::new(format!(
-            "after an update, SC({probe}) returned {got:#x}, expected {want:#x}"
+            "after an update, {}({probe}) returned {got:#x}, expected {want:#x}",
+            C::NAME
         )))
     }
 }
@@ -364,13 +501,18 @@ struct Updates {
     violations: u64,
 }
 
-/// Times `samples` updates of `SC`, alternating `work_alt` (first) and `work`, while one
-/// thread, pinned to `caller_cpu`, calls `SC` continuously. Leaves `SC` on `work`.
-fn measure_updates(samples: usize, caller_cpu: usize) -> Result<Updates> {
+/// Times `samples` updates of `call`, alternating its alternative target (first) and its main
+/// one, while one thread, pinned to `caller_cpu`, calls it continuously. Leaves it on its main
+/// target.
+fn measure_updates<C: Measured>(
+    call: &'static C,
+    samples: usize,
+    caller_cpu: usize,
+) -> Result<Updates> {
     // Untimed warm-up: the first write to the trampoline's page copies it, and the call table
     // is indexed on the first update.
     for n in 0..4 {
-        update_to(if n % 2 == 0 { work_alt } else { work }, n)?;
+        update_to(call, n % 2 == 0, n)?;
     }
     let stop = AtomicBool::new(false);
     let calls = AtomicU64::new(0);
@@ -382,8 +524,8 @@ fn measure_updates(samples: usize, caller_cpu: usize) -> Result<Updates> {
                 let (mut n, mut bad) = (0u64, 0u64);
                 let mut x = 0u64;
                 loop {
-                    let r = SC.call(black_box(x));
-                    if r != mix(x, 7) && r != mix(x, 5) {
+                    let r = call.invoke(black_box(x));
+                    if r != expected(false, x) && r != expected(true, x) {
                         bad += 1;
                     }
                     x = x.wrapping_add(1);
@@ -403,14 +545,15 @@ fn measure_updates(samples: usize, caller_cpu: usize) -> Result<Updates> {
             let mut times = Vec::with_capacity(samples);
             let before = calls.load(Ordering::Relaxed);
             for i in 0..samples {
-                let target: fn(u64) -> u64 = if i % 2 == 0 { work_alt } else { work };
+                let alt = i % 2 == 0;
                 let start = Instant::now();
-                SC.update(target)?;
+                call.retarget(alt)?;
                 times.push(start.elapsed().as_secs_f64() * 1e6);
-                let (got, want) = (SC.call(black_box(i as u64)), target(i as u64));
+                let (got, want) = (call.invoke(black_box(i as u64)), expected(alt, i as u64));
                 if got != want {
                     return Err(BenchError::new(format!(
-                        "after update {i}, SC({i}) returned {got:#x}, expected {want:#x}"
+                        "after update {i}, {}({i}) returned {got:#x}, expected {want:#x}",
+                        C::NAME
                     )));
                 }
             }
@@ -435,9 +578,29 @@ fn measure_updates(samples: usize, caller_cpu: usize) -> Result<Updates> {
         })
     })
     .and_then(|u| {
-        update_to(work, 1)?;
+        update_to(call, false, 1)?;
         Ok(u)
     })
+}
+
+/// Errors out if the thread calling `C` saw a return value from neither target, or ended
+/// before all `samples` updates were timed.
+fn check_updates<C: Measured>(u: &Updates, samples: usize) -> Result<()> {
+    if u.violations != 0 {
+        return Err(BenchError::new(format!(
+            "{} of the return values of the thread calling {} came from neither target during \
+             the updates",
+            u.violations,
+            C::NAME
+        )));
+    }
+    if u.times_us.len() != samples {
+        return Err(BenchError::new(format!(
+            "the thread calling {} ended before the updates were timed",
+            C::NAME
+        )));
+    }
+    Ok(())
 }
 
 /// Measures dispatch, then updates, and reports both.
@@ -452,64 +615,103 @@ pub fn run(args: &CallArgs) -> Result<CallRow> {
     let _restore = RestoreAffinity(saved);
     let placement = Placement::over(&saved.cpus())?;
     CpuMask::only(placement.main).apply()?;
-    // Dispatch is measured with `SC` on `work`, where it starts and where updates leave it.
-    update_to(work, 0)?;
+    // Dispatch is measured with `SC` on `work` and `SCI` on `work_c`, where they start and
+    // where updates leave them: `SCI`'s inline site in its loop then calls `work_c` directly.
+    update_to(&SC, false, 0)?;
+    update_to(&SCI, false, 0)?;
     let loop_code = loop_code()?;
     let static_call_direct = loop_code
         .static_call
         .split("; ")
         .any(|insn| insn == "call SC's trampoline");
+    let static_call_inline_direct = loop_code
+        .static_call_inline
+        .split("; ")
+        .any(|insn| insn == "call work_c");
+    let inline_sites = textpoke::__private::inline_sites_of(&SCI)?.len();
 
-    let [direct, static_call, fn_pointer, dyn_fn] = measure_dispatch(args.iters, args.reps)?;
+    let [
+        direct,
+        static_call,
+        fn_pointer,
+        dyn_fn,
+        direct_c,
+        static_call_inline,
+    ] = measure_dispatch(args.iters, args.reps)?;
     let caller_cpu = placement.busy_cpu(0);
-    let updates = measure_updates(args.samples, caller_cpu)?;
-    if updates.violations != 0 {
-        return Err(BenchError::new(format!(
-            "{} of the calling thread's return values came from neither target during the \
-             updates",
-            updates.violations
-        )));
-    }
-    if updates.times_us.len() != args.samples {
-        return Err(BenchError::new(
-            "the calling thread ended before the updates were timed",
-        ));
-    }
+    let updates = measure_updates(&SC, args.samples, caller_cpu)?;
+    check_updates::<SC>(&updates, args.samples)?;
+    let updates_inline = measure_updates(&SCI, args.samples, caller_cpu)?;
+    check_updates::<SCI>(&updates_inline, args.samples)?;
+    let note = note(
+        args,
+        &placement,
+        caller_cpu,
+        static_call_direct,
+        static_call_inline_direct,
+        inline_sites,
+    );
     Ok(CallRow {
         direct_ns: direct,
         static_call_ns: static_call,
         fn_pointer_ns: fn_pointer,
         dyn_ns: dyn_fn,
         static_call_vs_direct: static_call / direct,
+        direct_c_ns: direct_c,
+        static_call_inline_ns: static_call_inline,
+        static_call_inline_vs_direct: static_call_inline / direct_c,
         update_us_median: stats::median(&updates.times_us),
         update_us_p90: stats::percentile(&updates.times_us, 0.9),
         update_samples: updates.times_us.len(),
         caller_calls: updates.caller_calls,
         violations: updates.violations,
+        update_inline_us_median: stats::median(&updates_inline.times_us),
+        update_inline_us_p90: stats::percentile(&updates_inline.times_us, 0.9),
+        update_inline_samples: updates_inline.times_us.len(),
+        caller_calls_inline: updates_inline.caller_calls,
+        violations_inline: updates_inline.violations,
+        inline_sites,
         static_call_direct,
+        static_call_inline_direct,
         loop_code,
         iters: args.iters,
         reps: args.reps,
-        note: note(args, &placement, caller_cpu, static_call_direct),
+        note,
     })
 }
 
-fn note(args: &CallArgs, placement: &Placement, caller_cpu: usize, direct: bool) -> String {
+fn note(
+    args: &CallArgs,
+    placement: &Placement,
+    caller_cpu: usize,
+    direct: bool,
+    inline_direct: bool,
+    inline_sites: usize,
+) -> String {
     let mut note = format!(
-        "dispatch: median of {} interleaved repetitions of {} calls per loop; each loop is \
-         64-byte aligned and calls the same #[inline(never)] fn work(x) = x*31 ^ 7 on the \
+        "dispatch: median of {reps} interleaved repetitions of {iters} calls per loop; each loop \
+         is 64-byte aligned and calls the same #[inline(never)] fn work(x) = x*31 ^ 7 on the \
          counter passed through black_box, XOR-ing the results into a checksum checked against \
          the expected one; direct: a plain call; static call: SC.call(x), whose trampoline \
          `jmp rel32`s to work; fn pointer: a Relaxed load of a static AtomicPtr (stored to at \
          run time) on every call, then an indirect call; dyn: an indirect call through the \
          vtable of a black_box'd &dyn Fn (its Fn::call shim for the fn item then jumps to work); \
-         loop_code lists each loop's calls and every instruction that names work, the \
-         trampoline or FN_PTR (directly or through a pointer slot), disassembled from this \
-         process's own text; update: median of {} individually timed SC.update calls \
-         alternating between work_alt (x*31 ^ 5) and work while one thread calls SC \
-         continuously, checking every return value against both targets; each update is also \
-         checked by one call from the updater",
-        args.reps, args.iters, args.samples
+         direct C: a plain call to extern \"C\" fn work_c, the same work and machine code as \
+         work (an empty asm! in it keeps LLVM from merging the two into one address); inline \
+         static call: SCI.call(x), SCI being an inline C-ABI static call on work_c, whose call \
+         instruction in the loop is textpoke's own call rel32, aimed at work_c directly (after \
+         SCI.update back to work_c); loop_code lists each loop's calls and every instruction \
+         that names work, work_c, a trampoline or FN_PTR (directly or through a pointer slot), \
+         disassembled from this process's own text; update: median of {samples} individually \
+         timed SC.update calls alternating between work_alt (x*31 ^ 5) and work while one \
+         thread calls SC continuously, checking every return value against both targets; each \
+         update is also checked by one call from the updater; update_inline: the same, next, \
+         for SCI, alternating between work_c_alt (x*31 ^ 5) and work_c, with a new calling \
+         thread; each SCI.update rewrites SCI's trampoline and its {inline_sites} inline call \
+         sites (the calling thread's among them) in one batch",
+        reps = args.reps,
+        iters = args.iters,
+        samples = args.samples,
     );
     if !direct {
         note.push_str(
@@ -517,6 +719,12 @@ fn note(args: &CallArgs, placement: &Placement, caller_cpu: usize, direct: bool)
              a pointer slot (see loop_code), because rustc treats the trampoline, declared in an \
              extern block and defined in global_asm!, as possibly external in a PIE and reaches \
              it through the GOT",
+        );
+    }
+    if !inline_direct {
+        note.push_str(
+            "; NOTE: the inline-static-call loop does NOT call work_c directly (see loop_code): \
+             its inline site is not in the loop, or does not point at work_c",
         );
     }
     if caller_cpu == placement.main {
@@ -544,11 +752,23 @@ pub fn print_table(r: &CallRow) -> Result<()> {
         ("fn pointer from AtomicPtr (ns)", r.fn_pointer_ns),
         ("&dyn Fn (ns)", r.dyn_ns),
         ("static call / direct", r.static_call_vs_direct),
+        ("direct C call (ns)", r.direct_c_ns),
+        ("inline static call (ns)", r.static_call_inline_ns),
+        (
+            "inline static call / direct C",
+            r.static_call_inline_vs_direct,
+        ),
         ("update, median (µs)", r.update_us_median),
         ("update, p90 (µs)", r.update_us_p90),
         ("update samples", r.update_samples as f64),
         ("caller calls during updates", r.caller_calls as f64),
         ("violations", r.violations as f64),
+        ("inline update, median (µs)", r.update_inline_us_median),
+        ("inline update, p90 (µs)", r.update_inline_us_p90),
+        ("inline update samples", r.update_inline_samples as f64),
+        ("caller calls, inline updates", r.caller_calls_inline as f64),
+        ("inline violations", r.violations_inline as f64),
+        ("inline sites of SCI", r.inline_sites as f64),
     ];
     crate::print_rows(("what", "value"), &rows, &r.note)?;
     let code = &r.loop_code;
@@ -557,6 +777,8 @@ pub fn print_table(r: &CallRow) -> Result<()> {
         ("static call", &code.static_call),
         ("fn pointer", &code.fn_pointer),
         ("dyn Fn", &code.dyn_fn),
+        ("direct C", &code.direct_c),
+        ("inline static call", &code.static_call_inline),
     ] {
         crate::print_line(&format!("code of the {name} loop: {text}"))?;
     }
@@ -589,27 +811,42 @@ mod tests {
             "fn_pointer_ns",
             "dyn_ns",
             "static_call_vs_direct",
+            "direct_c_ns",
+            "static_call_inline_ns",
+            "static_call_inline_vs_direct",
             "update_us_median",
             "update_us_p90",
             "update_samples",
+            "update_inline_us_median",
+            "update_inline_us_p90",
+            "update_inline_samples",
+            "inline_sites",
             "iters",
             "reps",
         ];
         // With one CPU the caller may not run at all while a few updates are timed.
         if affinity::current()?.cpus().len() > 1 {
-            positive.push("caller_calls");
+            positive.extend(["caller_calls", "caller_calls_inline"]);
         } else {
             assert!(num("caller_calls").is_finite());
+            assert!(num("caller_calls_inline").is_finite());
         }
         for k in positive {
             assert!(num(k) > 0.0 && num(k).is_finite(), "{k} in {line}");
         }
         assert_eq!(num("violations"), 0.0);
+        assert_eq!(num("violations_inline"), 0.0);
         assert_eq!(v["update_samples"].as_u64(), Some(9));
+        assert_eq!(v["update_inline_samples"].as_u64(), Some(9));
         assert_eq!(v["iters"].as_u64(), Some(1000));
         assert_eq!(v["reps"].as_u64(), Some(3));
         assert!(v["note"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(v["static_call_direct"].is_boolean());
+        assert_eq!(
+            v["static_call_inline_direct"].as_bool(),
+            Some(true),
+            "{line}"
+        );
         // What each loop calls, whatever the optimization level.
         let code = &row.loop_code;
         assert!(code.direct.contains("call work"), "{line}");
@@ -617,7 +854,22 @@ mod tests {
         assert!(!code.static_call.contains("work"), "{line}");
         assert!(code.fn_pointer.contains("FN_PTR"), "{line}");
         assert!(code.dyn_fn.contains("call qword ptr [r"), "{line}");
+        // At every optimization level (a debug build adds calls to iterator and `black_box`
+        // helpers): a direct `call work_c`, which in the inline loop is its inline site, aimed
+        // straight at `work_c`, with no trampoline.
+        let calls_work_c = |text: &str| text.split("; ").any(|insn| insn == "call work_c");
+        assert!(calls_work_c(&code.direct_c), "{line}");
+        assert!(calls_work_c(&code.static_call_inline), "{line}");
+        assert!(!code.static_call_inline.contains("trampoline"), "{line}");
         assert_eq!(SC.call(3), work(3), "the run leaves SC on work");
+        assert_eq!(SCI.call(3), work_c(3), "the run leaves SCI on work_c");
+        let site_in_loop = textpoke::__private::inline_sites_of(&SCI)?
+            .into_iter()
+            .any(|site| {
+                let start = static_call_inline_loop as *const () as usize;
+                (start..start + MAX_LOOP_BYTES).contains(&site)
+            });
+        assert!(site_in_loop, "an inline site of SCI lies in its loop");
         Ok(())
     }
 

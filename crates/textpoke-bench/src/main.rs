@@ -5,8 +5,9 @@
 //! - `branch`: ns per iteration of a loop over one disabled branch: textpoke, `AtomicBool`,
 //!   static-keys, and an empty loop;
 //! - `call`: ns per call of a direct call, a textpoke static call, a function pointer loaded from
-//!   an `AtomicPtr` on every call (as `multiversion` dispatches) and a `&dyn Fn`, and the time of
-//!   one static-call update while another thread calls it;
+//!   an `AtomicPtr` on every call (as `multiversion` dispatches) and a `&dyn Fn`; of a direct
+//!   C-ABI call and a C-ABI static call with inline call sites; and the time of one update of
+//!   each kind of static call while another thread calls it;
 //! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
 //!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
@@ -97,8 +98,9 @@ enum Command {
     Toggle(toggle::ToggleArgs),
     /// ns per iteration of a loop over one disabled branch (textpoke, AtomicBool, static-keys).
     Branch(branch::BranchArgs),
-    /// ns per call: direct, static call, fn pointer loaded from an AtomicPtr, &dyn Fn; and the
-    /// time of one static-call update while another thread calls it.
+    /// ns per call: direct, static call, fn pointer loaded from an AtomicPtr, &dyn Fn, direct C
+    /// call, inline C-ABI static call; and the time of one update of each static call while
+    /// another thread calls it.
     Call(call::CallArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
