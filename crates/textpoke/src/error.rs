@@ -122,6 +122,20 @@ pub enum Error {
         /// Why.
         why: &'static str,
     },
+    /// A CPU feature name textpoke does not know.
+    #[error("unknown CPU feature `{name}` (see textpoke::features::known())")]
+    UnknownFeature {
+        /// The name.
+        name: String,
+    },
+    /// The feature-override environment variable is malformed.
+    #[error("{var}: {why}")]
+    BadOverride {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// Two patches in one batch touch the same bytes.
     #[error("patches at {first} and {second} overlap within one batch")]
     OverlappingPatches {

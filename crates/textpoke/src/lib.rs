@@ -46,6 +46,7 @@ mod batch;
 mod call;
 mod engine;
 mod error;
+pub mod features;
 mod key;
 mod location;
 mod os;
