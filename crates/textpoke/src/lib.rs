@@ -63,7 +63,7 @@ pub use table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 
 /// Instruction knowledge shared by every part of textpoke and its tools.
 pub mod insn {
-    pub use crate::arch::{disassemble, is_nop, nop_len};
+    pub use crate::arch::{disassemble, fill_padding, is_nop, nop_len};
 }
 
 /// Low-level access for textpoke's own tools and tests. Not a stable API.

@@ -41,6 +41,41 @@ pub fn nop_len(bytes: &[u8]) -> Option<usize> {
     Some(len)
 }
 
+/// The NOP of each length 1..=8 that padding uses (the optimization manuals' forms).
+const PADDING_NOPS: [&[u8]; 8] = [
+    &[0x90],
+    &[0x66, 0x90],
+    &[0x0f, 0x1f, 0x00],
+    &[0x0f, 0x1f, 0x40, 0x00],
+    &[0x0f, 0x1f, 0x44, 0x00, 0x00],
+    &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
+    &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
+    &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+];
+
+/// Fills `buf` with padding that does nothing, cheapest to execute first: one NOP when it fits
+/// in eight bytes, otherwise a jump over the rest, filled with `int3` (as the kernel's
+/// `optimize_nops` does: one taken jump beats a run of NOPs).
+pub fn fill_padding(buf: &mut [u8]) {
+    let len = buf.len();
+    if len == 0 {
+        return;
+    }
+    if len <= PADDING_NOPS.len() {
+        buf.copy_from_slice(PADDING_NOPS[len - 1]);
+        return;
+    }
+    buf.fill(0xcc);
+    if len - 2 <= i8::MAX as usize {
+        buf[0] = 0xeb;
+        buf[1] = (len - 2) as u8;
+    } else {
+        let rel = u32::try_from(len - 5).unwrap_or(u32::MAX).to_le_bytes();
+        buf[0] = 0xe9;
+        buf[1..5].copy_from_slice(&rel);
+    }
+}
+
 /// Whether `bytes` is exactly one canonical NOP.
 pub fn is_nop(bytes: &[u8]) -> bool {
     nop_len(bytes) == Some(bytes.len())
@@ -128,6 +163,30 @@ mod tests {
             if let Some(len) = nop_len(form) {
                 panic!("{form:02x?} starts with a {len}-byte NOP");
             }
+        }
+    }
+
+    #[test]
+    fn padding_is_one_nop_or_a_jump_over_int3() {
+        for len in 0..300usize {
+            let mut buf = vec![0u8; len];
+            fill_padding(&mut buf);
+            if len == 0 {
+                continue;
+            }
+            if len <= 8 {
+                assert!(is_nop(&buf), "{len}: {buf:02x?}");
+                continue;
+            }
+            let mut decoder = Decoder::with_ip(64, &buf, 0x1000, DecoderOptions::NONE);
+            let jump = decoder.decode();
+            assert_eq!(jump.mnemonic(), Mnemonic::Jmp, "{len}");
+            assert_eq!(
+                jump.near_branch_target(),
+                0x1000 + len as u64,
+                "{len}: jumps to the end"
+            );
+            assert!(buf[jump.len()..].iter().all(|&b| b == 0xcc), "{len}");
         }
     }
 
