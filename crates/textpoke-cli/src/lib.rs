@@ -1,3 +1,4 @@
 //! The `textpoke` command-line tool, as a library so that its jobs can be tested directly.
 
+pub mod decode;
 pub mod demo;

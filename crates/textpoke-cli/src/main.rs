@@ -1,11 +1,12 @@
 //! `textpoke`: live code patching tools. `textpoke demo` is a stress test of static keys and
-//! static calls.
+//! static calls; `textpoke decode` disassembles machine code from crash reports.
 
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use textpoke_cli::demo;
+use textpoke_cli::{decode, demo};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +38,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Disassemble machine code from a crash report: hex bytes or a kernel oops `Code:` line.
+    ///
+    /// Like the kernel's scripts/decodecode. Reads hex bytes, or a kernel oops `Code:` line
+    /// (x86-64 with the faulting byte marked `<48>`, or arm64 32-bit words with the faulting
+    /// word marked `(d4210000)`), from the arguments or standard input. Prints one line per
+    /// instruction: offset, bytes, whether it is a NOP, text, and which one is the marked,
+    /// faulting instruction. On x86-64 the bytes before the mark are decoded from the first
+    /// offset whose instructions end exactly on the marked byte. Bad input exits with status 2.
+    #[command(after_help = DECODE_EXAMPLES)]
+    Decode {
+        /// The code: hex bytes (`0f 1f 44 00 00 c3` or `0f1f440000c3`) or a `Code:` line,
+        /// with or without its `Code:` prefix and timestamp, in one or more arguments. Read from
+        /// standard input when absent.
+        code: Vec<String>,
+        /// The architecture [default: detected: 8-hex-digit words mean aarch64, bytes x86-64].
+        #[arg(long, value_enum)]
+        arch: Option<decode::Arch>,
+        /// AT&T syntax instead of Intel (x86-64 only).
+        #[arg(long)]
+        att: bool,
+        /// Print a JSON array of objects with the keys offset, len, bytes, text, is_nop and
+        /// marked.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const DECODE_EXAMPLES: &str = "Examples:
+  textpoke decode 0f 1f 44 00 00 c3
+  textpoke decode 'Code: 48 89 c2 <48> 8b 00 48 8d 5a e8'
+  textpoke decode --json 'Code: 39402e61 39402a62 6b01005f 54fff500 (d4210000)'
+  dmesg | grep -m1 'Code:' | textpoke decode";
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -47,6 +79,43 @@ fn main() -> ExitCode {
             sites,
             json,
         } => run_demo(seconds, threads, sites, json),
+        Command::Decode {
+            code,
+            arch,
+            att,
+            json,
+        } => {
+            let syntax = if att {
+                decode::Syntax::Att
+            } else {
+                decode::Syntax::Intel
+            };
+            run_decode(code, &decode::Options { arch, syntax, json })
+        }
+    }
+}
+
+fn run_decode(code: Vec<String>, options: &decode::Options) -> ExitCode {
+    let input = if code.is_empty() {
+        let mut raw = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut raw) {
+            eprintln!("textpoke decode: cannot read standard input: {e}");
+            return ExitCode::from(2);
+        }
+        String::from_utf8_lossy(&raw).into_owned()
+    } else {
+        code.join(" ")
+    };
+    match decode::run(&input, options) {
+        // A closed pipe (`| head`) is no reason to panic.
+        Ok(out) => match std::io::stdout().write_all(out.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+        Err(e) => {
+            eprintln!("textpoke decode: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

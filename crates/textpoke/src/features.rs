@@ -18,8 +18,11 @@ macro_rules! std_detected {
     };
 }
 
+/// A feature name and its detector.
+type Detector = (&'static str, fn() -> bool);
+
 /// Every feature name textpoke knows, with its detector.
-const DETECTORS: &[(&str, fn() -> bool)] = std_detected!(
+const DETECTORS: &[Detector] = std_detected!(
     "aes",
     "pclmulqdq",
     "rdrand",
