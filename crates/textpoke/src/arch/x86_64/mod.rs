@@ -3,6 +3,7 @@
 mod emulate;
 mod encode;
 mod nop;
+mod relocate;
 mod trampoline;
 
 pub use emulate::{Insn, Regs, condition_holds, emulate};
