@@ -9,6 +9,8 @@ mod trampoline;
 pub use emulate::{Insn, Regs, condition_holds, emulate};
 pub use encode::{CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code};
 pub use nop::{fill_padding, is_nop, nop_len};
+#[allow(unused_imports, reason = "used once alternatives apply relocated code")]
+pub use relocate::{RelocateError, relocate};
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.
