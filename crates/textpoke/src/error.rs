@@ -122,6 +122,14 @@ pub enum Error {
         /// Why.
         why: &'static str,
     },
+    /// An alternative site cannot be applied.
+    #[error("alternative at {site}: {why}; nothing written")]
+    BadAlternative {
+        /// The site.
+        site: Location,
+        /// What is wrong.
+        why: String,
+    },
     /// A CPU feature name textpoke does not know.
     #[error("unknown CPU feature `{name}` (see textpoke::features::known())")]
     UnknownFeature {

@@ -41,6 +41,11 @@
 
 #![warn(missing_docs)]
 
+/// Instruction-level alternatives chosen by CPU feature.
+pub mod alternatives {
+    pub use crate::alt::{applied, apply, choices};
+}
+mod alt;
 mod arch;
 mod batch;
 mod call;

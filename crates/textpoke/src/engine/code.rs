@@ -1,7 +1,7 @@
 //! A short run of instruction bytes, small enough to live inline in a patch descriptor.
 
 /// Longest instruction sequence one patch may replace.
-pub const MAX_CODE: usize = 16;
+pub const MAX_CODE: usize = 32;
 
 /// Up to [`MAX_CODE`] bytes of machine code.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

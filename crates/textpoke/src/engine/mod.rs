@@ -15,7 +15,7 @@ mod code;
 mod runs;
 mod trap;
 
-pub use code::Code;
+pub use code::{Code, MAX_CODE};
 pub use runs::MERGE_GAP;
 use runs::Run;
 pub use trap::{on_breakpoint, register_sites, trap_counts};

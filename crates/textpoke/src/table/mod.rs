@@ -6,6 +6,7 @@
 //! written. Indexes built from them live on the heap. A table that fails validation fails every
 //! later use the same way.
 
+pub mod alt;
 pub mod call;
 pub mod jump;
 
@@ -142,6 +143,14 @@ impl Table {
 }
 
 impl Entries {
+    /// The `u16` at byte `offset` of entry `index`.
+    pub fn half(&self, index: usize, offset: usize) -> u16 {
+        let at = self.start + index * self.entry_size + offset;
+        // SAFETY: `at` is a 2-aligned field inside the table section (callers pass offsets of
+        // their format's `u16` fields), bounded as above.
+        unsafe { (at as *const u16).read() }
+    }
+
     /// Field `n` (a 32-bit self-relative offset) of entry `index`, resolved to an address.
     pub fn field(&self, index: usize, n: usize) -> usize {
         let at = self.start + index * self.entry_size + 4 * n;

@@ -9,8 +9,7 @@ mod trampoline;
 pub use emulate::{Insn, Regs, condition_holds, emulate};
 pub use encode::{CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code};
 pub use nop::{fill_padding, is_nop, nop_len};
-#[allow(unused_imports, reason = "used once alternatives apply relocated code")]
-pub use relocate::{RelocateError, relocate};
+pub use relocate::relocate;
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.
@@ -98,4 +97,66 @@ macro_rules! __arch_inline_call {
         }
         ret
     }};
+}
+
+/// Emits an alternative site. Used by `alternative!` only.
+///
+/// The default is assembled out of line, followed by a jump back; the site itself starts as a
+/// `jmp` to it, padded with `int3` to the default's length. So before `apply` no thread ever
+/// executes a site byte but the first instruction, and `apply` can replace the whole site with
+/// the breakpoint protocol even while threads run it. Each candidate gets a table entry (see
+/// `table::alt`), the default last, with an empty feature name.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __arch_alternative {
+    ([$($default:literal),*] $([$feature:literal: $($code:literal),*])* ; $($operands:tt)*) => {
+        ::core::arch::asm!(
+            ".pushsection .text.textpoke_alt_default,\"ax\",@progbits",
+            "7770:",
+            $($default,)*
+            "7771:",
+            ".byte 0xe9",
+            ".long 7772f - (. + 4)",
+            ".popsection",
+            "7773:",
+            ".byte 0xe9",
+            ".long 7770b - (7773b + 5)",
+            ".skip -(((7771b - 7770b) - 5) > 0) * ((7771b - 7770b) - 5), 0xcc",
+            "7772:",
+            $(
+                ".pushsection .rodata.textpoke_alt_code,\"a\",@progbits",
+                "7780:",
+                $($code,)*
+                "7781:",
+                ".popsection",
+                ".pushsection .rodata.textpoke_alt_names,\"a\",@progbits",
+                "7790:",
+                concat!(".asciz \"", $feature, "\""),
+                ".popsection",
+                ".pushsection textpoke_alt_v1,\"aR\",@progbits",
+                ".balign 4",
+                ".long 7773b - .",
+                ".long 7770b - .",
+                ".long 7780b - .",
+                ".long 7790b - .",
+                ".short 7771b - 7770b",
+                ".short 7781b - 7780b",
+                ".popsection",
+            )*
+            ".pushsection .rodata.textpoke_alt_names,\"a\",@progbits",
+            "7790:",
+            ".asciz \"\"",
+            ".popsection",
+            ".pushsection textpoke_alt_v1,\"aR\",@progbits",
+            ".balign 4",
+            ".long 7773b - .",
+            ".long 7770b - .",
+            ".long 7770b - .",
+            ".long 7790b - .",
+            ".short 7771b - 7770b",
+            ".short 7771b - 7770b",
+            ".popsection",
+            $($operands)*
+        )
+    };
 }

@@ -38,14 +38,6 @@
 //! Finally the result is decoded again and every instruction is checked to resolve to the
 //! intended target; a mismatch is an [`RelocateError::Encode`], never wrong code.
 
-#![cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "not called until alternatives apply relocated code"
-    )
-)]
-
 use iced_x86::{Code, Decoder, DecoderOptions, Encoder, Instruction, OpKind, Register};
 
 /// Why a block of code cannot be moved. Each variant names the offset, within the original

@@ -1,0 +1,59 @@
+//! Alternative sites shared by the alternatives tests.
+#![allow(dead_code)]
+
+use textpoke::features::has;
+
+pub static TARGET: u64 = 0x5eed;
+
+/// 1 for the default, 2 for `avx512f`, 3 for `sse2`.
+#[inline(never)]
+pub fn which() -> u64 {
+    let n: u64;
+    // SAFETY: every sequence only writes `n`.
+    unsafe {
+        textpoke::alternative!(
+            default: ["mov {n}, 1"],
+            "avx512f" => ["mov {n}, 2"],
+            "sse2" => ["mov {n}, 3"];
+            n = out(reg) n,
+        );
+    }
+    n
+}
+
+extern "C" fn forty_two() -> u64 {
+    42
+}
+
+/// The replacement calls a function and loads an address RIP-relatively: both must still
+/// reach their targets once the code is copied to the site.
+#[inline(never)]
+pub fn moved() -> (u64, u64) {
+    let (a, b): (u64, u64);
+    // SAFETY: the call follows the C ABI (clobbers declared); the lea only computes an address.
+    unsafe {
+        textpoke::alternative!(
+            default: [
+                "xor eax, eax",
+                "xor edx, edx",
+                "nop dword ptr [rax + rax + 0]",
+                "nop dword ptr [rax + rax + 0]",
+                "nop dword ptr [rax + rax + 0]",
+            ],
+            "sse2" => ["call {f}", "lea rdx, [rip + {t}]"];
+            f = sym forty_two, t = sym TARGET, out("rdx") b, out("rax") a,
+            clobber_abi("C"),
+        );
+    }
+    (a, b)
+}
+
+pub fn expected() -> u64 {
+    if has("avx512f").unwrap() {
+        2
+    } else if has("sse2").unwrap() {
+        3
+    } else {
+        1
+    }
+}

@@ -1,0 +1,52 @@
+//! Alternatives that cannot be applied are refused, naming the site, and nothing is written.
+
+use textpoke::Error;
+
+#[inline(never)]
+fn unknown_feature() -> u64 {
+    let n: u64;
+    // SAFETY: every sequence only writes `n`.
+    unsafe {
+        textpoke::alternative!(
+            default: ["mov {n}, 1"],
+            "no-such-feature" => ["mov {n}, 2"];
+            n = out(reg) n,
+        );
+    }
+    n
+}
+
+#[inline(never)]
+fn too_long() -> u64 {
+    let n: u64;
+    // SAFETY: every sequence only writes `n`.
+    unsafe {
+        textpoke::alternative!(
+            default: ["mov {n:e}, 1"],
+            "sse2" => ["mov {n}, 2", "add {n}, 3"];
+            n = out(reg) n,
+        );
+    }
+    n
+}
+
+#[test]
+fn unknown_features_and_long_replacements_are_errors() {
+    let before = (unknown_feature(), too_long());
+    let err = textpoke::alternatives::apply().unwrap_err();
+    let Error::BadAlternative { site, why } = &err else {
+        panic!("expected BadAlternative, got {err:?}");
+    };
+    assert!(
+        why.contains("no-such-feature") || why.contains("longer than"),
+        "{why}"
+    );
+    assert_ne!(site.addr, 0);
+    assert!(!textpoke::alternatives::applied());
+    assert_eq!(
+        (unknown_feature(), too_long()),
+        before,
+        "nothing was written"
+    );
+    assert_eq!(before, (1, 1));
+}
