@@ -37,7 +37,7 @@ pub fn applied() -> bool {
 
 /// Chooses, for every alternative site, the first candidate whose feature the CPU has (and
 /// `TEXTPOKE_NO_FEATURES` does not mask), relocates it to the site, pads it, and writes every
-/// site in one batch. Every site and candidate is validated first: an unknown feature, a
+/// site in one batch; then binds every [`multiversion!`] call the same way, in a second batch. Every site and candidate is validated first: an unknown feature, a
 /// candidate longer than the default, code that cannot be relocated, or a site that does not
 /// hold its expected jump is an error naming the site, and nothing is written. Runs once; later
 /// calls return at once.
@@ -52,7 +52,12 @@ pub fn apply() -> Result<PatchStats> {
     for site in sites {
         pokes.push(site_poke(site)?);
     }
-    let stats = engine::patch(&lock, &mut pokes)?;
+    let mut stats = engine::patch(&lock, &mut pokes)?;
+    drop(pokes);
+    let bound = select_all(&lock)?;
+    stats.sites += bound.sites;
+    stats.writes += bound.writes;
+    stats.syncs += bound.syncs;
     APPLIED.store(true, Ordering::Release);
     Ok(stats)
 }
@@ -174,5 +179,125 @@ macro_rules! alternative {
         ; $($operands:tt)*
     ) => {
         $crate::__arch_alternative!([$($default),*] $([$feature: $($code),*])* ; $($operands)*)
+    };
+}
+
+/// A function-level alternative's selector: adds the update that binds its static call to the
+/// best implementation for this CPU. Listed in `textpoke_select_v1` by [`multiversion!`].
+#[doc(hidden)]
+pub type Selector = fn(crate::Batch<'static>) -> Result<crate::Batch<'static>>;
+
+unsafe extern "C" {
+    #[link_name = "__start_textpoke_select_v1"]
+    static SELECT_START: [u8; 0];
+    #[link_name = "__stop_textpoke_select_v1"]
+    static SELECT_STOP: [u8; 0];
+}
+
+core::arch::global_asm!(
+    ".pushsection textpoke_select_v1,\"aR\",@progbits",
+    ".popsection"
+);
+
+/// Binds every function-level alternative ([`multiversion!`]) to its best implementation, in
+/// one batch. Called by [`apply`].
+fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
+    let table = crate::table::Table {
+        name: "textpoke_select_v1",
+        entry_size: 4,
+        start: (&raw const SELECT_START) as usize,
+        stop: (&raw const SELECT_STOP) as usize,
+    };
+    let entries = table.entries()?;
+    let Some(object) = &entries.object else {
+        return Ok(PatchStats::default());
+    };
+    let mut batch = crate::Batch::new();
+    for index in 0..entries.count {
+        let select = entries.field(index, 0);
+        table.check_text(object, "selector", select, 1)?;
+        // SAFETY: `multiversion!` lists only its own selectors, Rust functions of exactly the
+        // `Selector` type, and the address lies in the object's text (checked above).
+        let select: Selector = unsafe { std::mem::transmute::<usize, Selector>(select) };
+        batch = select(batch)?;
+    }
+    batch.commit_locked(lock)
+}
+
+/// Function-level alternatives: a static call bound, when [`apply`] runs, to the first
+/// implementation whose CPU feature is present (and not masked by `TEXTPOKE_NO_FEATURES`).
+/// After that, dispatch costs what the static call costs: one direct call through its
+/// trampoline, or a true direct call for `inline` C-ABI calls.
+///
+/// ```
+/// textpoke::multiversion! {
+///     pub static SUM: fn(&[u32]) -> u64 = {
+///         "avx2" => sum_wide,
+///         _ => sum_scalar,
+///     };
+/// }
+/// fn sum_scalar(v: &[u32]) -> u64 { v.iter().map(|&x| x as u64).sum() }
+/// fn sum_wide(v: &[u32]) -> u64 { v.iter().map(|&x| x as u64).sum::<u64>() }
+///
+/// fn main() -> Result<(), textpoke::Error> {
+///     assert_eq!(SUM.call(&[1, 2, 3]), 6); // the default until apply
+///     textpoke::alternatives::apply()?;     // binds SUM to the best implementation
+///     assert_eq!(SUM.call(&[1, 2, 3]), 6);
+///     Ok(())
+/// }
+/// ```
+#[macro_export]
+macro_rules! multiversion {
+    () => {};
+    (
+        $(#[$attr:meta])* $vis:vis inline static $name:ident:
+            extern "C" fn($($arg:ty),* $(,)?) $(-> $ret:ty)? =
+            { $($feature:literal => $f:path,)* _ => $default:path $(,)? };
+        $($rest:tt)*
+    ) => {
+        $crate::static_call! {
+            $(#[$attr])* $vis inline static $name: extern "C" fn($($arg),*) $(-> $ret)? = $default;
+        }
+        $crate::__multiversion_select!($name, [$($feature => $f),*], $default);
+        $crate::multiversion!($($rest)*);
+    };
+    (
+        $(#[$attr:meta])* $vis:vis static $name:ident:
+            $(extern $abi:literal)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)? =
+            { $($feature:literal => $f:path,)* _ => $default:path $(,)? };
+        $($rest:tt)*
+    ) => {
+        $crate::static_call! {
+            $(#[$attr])* $vis static $name: $(extern $abi)? fn($($arg),*) $(-> $ret)? = $default;
+        }
+        $crate::__multiversion_select!($name, [$($feature => $f),*], $default);
+        $crate::multiversion!($($rest)*);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __multiversion_select {
+    ($name:ident, [$($feature:literal => $f:path),*], $default:path) => {
+        impl $name {
+            #[doc(hidden)]
+            pub fn __textpoke_select(
+                batch: $crate::Batch<'static>,
+            ) -> $crate::Result<$crate::Batch<'static>> {
+                $(
+                    if $crate::features::has($feature)? {
+                        return Ok(batch.update(&$name, $f));
+                    }
+                )*
+                Ok(batch.update(&$name, $default))
+            }
+        }
+        ::core::arch::global_asm!(
+            ".pushsection textpoke_select_v1,\"aR\",@progbits",
+            ".balign 4",
+            ".long {select} - .",
+            ".popsection",
+            select = sym $name::__textpoke_select,
+        );
     };
 }

@@ -78,13 +78,18 @@ impl<'a> Batch<'a> {
     /// none of them. A key or call named more than once gets its last change.
     pub fn commit(self) -> Result<PatchStats> {
         let lock = os::patch_lock();
+        self.commit_locked(&lock)
+    }
+
+    /// `commit`, for a caller that already holds the patch lock.
+    pub(crate) fn commit_locked(self, lock: &os::PatchGuard) -> Result<PatchStats> {
         let mut pokes = pokes_scratch();
         pokes.clear();
         let keys = KeyPlan::new(&self.changes);
         let result = keys
-            .pokes(&lock, &mut pokes)
-            .and_then(|()| CallPlan::new(&lock, &self.calls, &mut pokes))
-            .and_then(|calls| engine::patch(&lock, &mut pokes).map(|stats| (calls, stats)));
+            .pokes(lock, &mut pokes)
+            .and_then(|()| CallPlan::new(lock, &self.calls, &mut pokes))
+            .and_then(|calls| engine::patch(lock, &mut pokes).map(|stats| (calls, stats)));
         match result {
             Ok((calls, stats)) => {
                 keys.commit();

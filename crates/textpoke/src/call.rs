@@ -428,7 +428,7 @@ fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
 macro_rules! static_call {
     () => {};
     (
-        $(#[$attr:meta])* inline $vis:vis static $name:ident:
+        $(#[$attr:meta])* $vis:vis inline static $name:ident:
             extern "C" fn($($arg:ty),* $(,)?) -> $ret:ty = $init:path;
         $($rest:tt)*
     ) => {
@@ -436,7 +436,7 @@ macro_rules! static_call {
         $crate::static_call!($($rest)*);
     };
     (
-        $(#[$attr:meta])* inline $vis:vis static $name:ident:
+        $(#[$attr:meta])* $vis:vis inline static $name:ident:
             extern "C" fn($($arg:ty),* $(,)?) = $init:path;
         $($rest:tt)*
     ) => {

@@ -43,6 +43,8 @@
 
 /// Instruction-level alternatives chosen by CPU feature.
 pub mod alternatives {
+    #[doc(hidden)]
+    pub use crate::alt::Selector;
     pub use crate::alt::{applied, apply, choices};
 }
 mod alt;

@@ -5,13 +5,18 @@ mod alt_sites;
 
 use std::process::Command;
 
-use alt_sites::{TARGET, expected, moved, which};
+use alt_sites::{PICK, PICK_C, TARGET, expected, moved, which};
 use textpoke::features::OVERRIDE_VAR;
 
 #[test]
 fn both_paths_follow_the_features_and_the_override() {
     let masked = std::env::var(OVERRIDE_VAR).is_ok();
     assert_eq!(which(), 1, "before apply the default runs");
+    assert_eq!(
+        (PICK.call(4), PICK_C.call(4)),
+        (41, 41),
+        "and the default implementations"
+    );
     assert_eq!(moved(), (0, 0));
     let choices = textpoke::alternatives::choices().unwrap();
     assert_eq!(choices.len(), 2);

@@ -57,3 +57,28 @@ pub fn expected() -> u64 {
         1
     }
 }
+
+textpoke::multiversion! {
+    /// Function-level: bound at apply.
+    pub static PICK: fn(u64) -> u64 = {
+        "avx512f" => pick::<2>,
+        "sse2" => pick::<3>,
+        _ => pick::<1>,
+    };
+    /// Function-level with inline C-ABI call sites.
+    pub inline static PICK_C: extern "C" fn(u64) -> u64 = {
+        "sse2" => pick_c::<3>,
+        _ => pick_c::<1>,
+    };
+}
+
+fn pick<const N: u64>(x: u64) -> u64 {
+    x * 10 + N
+}
+
+extern "C" fn pick_c<const N: u64>(x: u64) -> u64 {
+    x * 10 + N
+}
+
+/// The implementation `PICK_C` binds to when SSE2 is present.
+pub const PICK_C_SSE2: extern "C" fn(u64) -> u64 = pick_c::<3>;
