@@ -401,7 +401,7 @@ fn annotate(insn: &str, names: &[(usize, &str)]) -> (String, bool) {
 
 /// The calls in the loop function at `addr` (up to its first `ret`), and every instruction
 /// there that names one of `names` directly or through a slot, annotated by [`annotate`].
-fn describe_loop(addr: usize, names: &[(usize, &str)]) -> Result<String> {
+pub(crate) fn describe_loop(addr: usize, names: &[(usize, &str)]) -> Result<String> {
     let text = textpoke::__private::disassemble(addr, &function_bytes(addr)?);
     let mut kept = Vec::new();
     for insn in text.split("; ") {

@@ -8,6 +8,9 @@
 //!   an `AtomicPtr` on every call (as `multiversion` dispatches) and a `&dyn Fn`; of a direct
 //!   C-ABI call and a C-ABI static call with inline call sites; and the time of one update of
 //!   each kind of static call while another thread calls it;
+//! - `alt`: the time of one `alternatives::apply()` of 1,000 instruction-level alternatives
+//!   (each in a forked child), and ns per call of a direct call, a textpoke function-level
+//!   alternative (`multiversion!`, both forms) and the `multiversion` crate;
 //! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
 //!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
@@ -15,6 +18,7 @@
 //! and make the exit status non-zero.
 
 mod affinity;
+mod alt;
 mod branch;
 mod call;
 mod peer;
@@ -102,6 +106,9 @@ enum Command {
     /// call, inline C-ABI static call; and the time of one update of each static call while
     /// another thread calls it.
     Call(call::CallArgs),
+    /// Time to apply 1,000 instruction-level alternatives (forked children); ns per call of a
+    /// direct call, textpoke's multiversion! (both forms) and the multiversion crate.
+    Alt(alt::AltArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
     Raw(raw::RawArgs),
@@ -132,6 +139,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_line(&serde_json::to_string(&row)?)
             } else {
                 call::print_table(&row)
+            }
+        }
+        Command::Alt(args) => {
+            let row = alt::run(&args)?;
+            if args.json {
+                print_line(&serde_json::to_string(&row)?)
+            } else {
+                alt::print_table(&row)
             }
         }
         Command::Raw(args) => {
