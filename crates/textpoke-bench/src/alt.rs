@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::branch::align_loop;
+use crate::branch::dispatch_loop;
 use crate::call::describe_loop;
 use crate::{BenchError, Result, stats};
 
@@ -240,55 +240,15 @@ pub struct AltRow {
     pub note: String,
 }
 
-#[inline(never)]
-fn direct_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= work(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(direct_loop, i => work(black_box(i)));
 
-#[inline(never)]
-fn textpoke_alt_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= ALT.call(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(textpoke_alt_loop, i => ALT.call(black_box(i)));
 
-#[inline(never)]
-fn direct_c_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= work_c(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(direct_c_loop, i => work_c(black_box(i)));
 
-#[inline(never)]
-fn textpoke_alt_inline_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= ALTI.call(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(textpoke_alt_inline_loop, i => ALTI.call(black_box(i)));
 
-#[inline(never)]
-fn multiversion_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= mv_work(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(multiversion_loop, i => mv_work(black_box(i)));
 
 /// A dispatch loop: makes `iters` calls and returns the XOR of their results.
 type Loop = fn(u64) -> u64;

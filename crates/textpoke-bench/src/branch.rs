@@ -87,6 +87,23 @@ macro_rules! align_loop {
 }
 pub(crate) use align_loop;
 
+/// Defines a dispatch loop: an aligned `#[inline(never)] fn(iters) -> u64` that makes `iters`
+/// calls, `$i` being the loop counter, and returns the XOR of their results.
+macro_rules! dispatch_loop {
+    ($name:ident, $i:ident => $call:expr) => {
+        #[inline(never)]
+        fn $name(iters: u64) -> u64 {
+            let mut acc = 0u64;
+            $crate::branch::align_loop!();
+            for $i in 0..iters {
+                acc ^= $call;
+            }
+            acc
+        }
+    };
+}
+pub(crate) use dispatch_loop;
+
 #[inline(never)]
 fn empty_loop(iters: u64) -> u64 {
     align_loop!();

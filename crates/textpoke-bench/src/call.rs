@@ -38,7 +38,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
-use crate::branch::align_loop;
+use crate::branch::{align_loop, dispatch_loop};
 use crate::{BenchError, Result, stats};
 
 textpoke::static_call! {
@@ -179,45 +179,13 @@ pub struct CallRow {
     pub note: String,
 }
 
-#[inline(never)]
-fn direct_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= work(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(direct_loop, i => work(black_box(i)));
 
-#[inline(never)]
-fn static_call_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= SC.call(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(static_call_loop, i => SC.call(black_box(i)));
 
-#[inline(never)]
-fn direct_c_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= work_c(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(direct_c_loop, i => work_c(black_box(i)));
 
-#[inline(never)]
-fn static_call_inline_loop(iters: u64) -> u64 {
-    let mut acc = 0u64;
-    align_loop!();
-    for i in 0..iters {
-        acc ^= SCI.call(black_box(i));
-    }
-    acc
-}
+dispatch_loop!(static_call_inline_loop, i => SCI.call(black_box(i)));
 
 #[inline(never)]
 fn fn_pointer_loop(iters: u64) -> u64 {
