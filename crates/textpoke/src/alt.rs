@@ -37,7 +37,7 @@ pub fn applied() -> bool {
 
 /// Chooses, for every alternative site, the first candidate whose feature the CPU has (and
 /// `TEXTPOKE_NO_FEATURES` does not mask), relocates it to the site, pads it, and writes every
-/// site in one batch; then binds every [`multiversion!`] call the same way, in a second batch. Every site and candidate is validated first: an unknown feature, a
+/// site in one batch; then binds every [`multiversion!`](crate::multiversion) call the same way, in a second batch. Every site and candidate is validated first: an unknown feature, a
 /// candidate longer than the default, code that cannot be relocated, or a site that does not
 /// hold its expected jump is an error naming the site, and nothing is written. Runs once; later
 /// calls return at once.
@@ -183,7 +183,7 @@ macro_rules! alternative {
 }
 
 /// A function-level alternative's selector: adds the update that binds its static call to the
-/// best implementation for this CPU. Listed in `textpoke_select_v1` by [`multiversion!`].
+/// best implementation for this CPU. Listed in `textpoke_select_v1` by [`multiversion!`](crate::multiversion).
 #[doc(hidden)]
 pub type Selector = fn(crate::Batch<'static>) -> Result<crate::Batch<'static>>;
 
@@ -199,7 +199,7 @@ core::arch::global_asm!(
     ".popsection"
 );
 
-/// Binds every function-level alternative ([`multiversion!`]) to its best implementation, in
+/// Binds every function-level alternative ([`multiversion!`](crate::multiversion)) to its best implementation, in
 /// one batch. Called by [`apply`].
 fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
     let table = crate::table::Table {
