@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::branch::dispatch_loop;
 use crate::call::describe_loop;
+use crate::dispatch::{self, Loop, mix};
 use crate::{BenchError, Result, stats};
 
 /// Number of instruction-level alternative sites whose apply is timed.
@@ -79,12 +80,6 @@ textpoke::multiversion! {
         "sse2" => work_c_a,
         _ => work_c_b,
     };
-}
-
-/// The trivial work every loop calls: one multiply and one XOR.
-#[inline(always)]
-fn mix(x: u64, k: u64) -> u64 {
-    x.wrapping_mul(31) ^ k
 }
 
 /// Keeps functions with the same work apart: an empty `asm!` whose template is only a comment
@@ -250,9 +245,6 @@ dispatch_loop!(textpoke_alt_inline_loop, i => ALTI.call(black_box(i)));
 
 dispatch_loop!(multiversion_loop, i => mv_work(black_box(i)));
 
-/// A dispatch loop: makes `iters` calls and returns the XOR of their results.
-type Loop = fn(u64) -> u64;
-
 /// The loops, in the order their results are reported.
 const LOOPS: [(&str, Loop); 5] = [
     ("direct", direct_loop),
@@ -261,48 +253,6 @@ const LOOPS: [(&str, Loop); 5] = [
     ("textpoke inline alternative", textpoke_alt_inline_loop),
     ("multiversion", multiversion_loop),
 ];
-
-/// The checksum every loop must return for `iters` calls.
-fn checksum(iters: u64) -> u64 {
-    (0..iters).fold(0, |acc, i| acc ^ mix(i, 7))
-}
-
-fn check(name: &str, iters: u64, got: u64) -> Result<()> {
-    if got == checksum(iters) {
-        Ok(())
-    } else {
-        Err(BenchError::new(format!(
-            "the {name} loop returned checksum {got:#x} for {iters} calls, expected {:#x}: it \
-             did not reach the x*31 ^ 7 implementation every time",
-            checksum(iters)
-        )))
-    }
-}
-
-/// Runs every dispatch loop `reps` times, interleaved; returns the median ns per call of each.
-fn measure_dispatch(iters: u64, reps: usize) -> Result<[f64; LOOPS.len()]> {
-    // Warm-up and correctness (this also lets `multiversion` resolve its dispatch).
-    let warm = iters / 10 + 1;
-    for (name, f) in LOOPS {
-        check(name, warm, f(black_box(warm)))?;
-    }
-    let want = checksum(iters);
-    let mut ns: [Vec<f64>; LOOPS.len()] = Default::default();
-    for rep in 0..reps {
-        for k in 0..LOOPS.len() {
-            let which = (rep + k) % LOOPS.len();
-            let (name, f) = LOOPS[which];
-            let start = Instant::now();
-            let got = f(black_box(iters));
-            let elapsed = start.elapsed();
-            if got != want {
-                check(name, iters, got)?;
-            }
-            ns[which].push(elapsed.as_secs_f64() * 1e9 / iters as f64);
-        }
-    }
-    Ok(ns.map(|v| stats::median(&v)))
-}
 
 /// Runs `f` in a forked child and returns the text it produced, or its error.
 ///
@@ -559,7 +509,7 @@ pub fn run(args: &AltArgs) -> Result<AltRow> {
             "apply() in this process did {here:?}, in a child {first:?}"
         )));
     }
-    let [direct, alt, direct_c, alt_inline, mv] = measure_dispatch(args.iters, args.reps)?;
+    let [direct, alt, direct_c, alt_inline, mv] = dispatch::measure(&LOOPS, args.iters, args.reps)?;
     let loop_code = loop_code()?;
     let note = note(args, &loop_code, first);
     Ok(AltRow {

@@ -39,6 +39,7 @@ use serde::Serialize;
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
 use crate::branch::{align_loop, dispatch_loop};
+use crate::dispatch::{self, Loop, mix};
 use crate::{BenchError, Result, stats};
 
 textpoke::static_call! {
@@ -54,12 +55,6 @@ textpoke::static_call! {
 /// The function pointer of the `fn_pointer` loop. Always holds [`work`]; stored to at run time
 /// (see [`run`]), so the compiler cannot treat it as a constant.
 static FN_PTR: AtomicPtr<()> = AtomicPtr::new(work as *mut ());
-
-/// The trivial work every loop calls: one multiply and one XOR.
-#[inline(always)]
-fn mix(x: u64, k: u64) -> u64 {
-    x.wrapping_mul(31) ^ k
-}
 
 /// The function every dispatch loop calls.
 #[inline(never)]
@@ -212,9 +207,6 @@ fn dyn_loop(iters: u64) -> u64 {
     acc
 }
 
-/// A dispatch loop: makes `iters` calls and returns the XOR of their results.
-type Loop = fn(u64) -> u64;
-
 /// The loops, in the order their results are reported.
 const LOOPS: [(&str, Loop); 6] = [
     ("direct", direct_loop),
@@ -224,48 +216,6 @@ const LOOPS: [(&str, Loop); 6] = [
     ("direct C", direct_c_loop),
     ("inline static call", static_call_inline_loop),
 ];
-
-/// The checksum every loop must return for `iters` calls.
-fn checksum(iters: u64) -> u64 {
-    (0..iters).fold(0, |acc, i| acc ^ mix(i, 7))
-}
-
-fn check(name: &str, iters: u64, got: u64) -> Result<()> {
-    if got == checksum(iters) {
-        Ok(())
-    } else {
-        Err(BenchError::new(format!(
-            "the {name} loop returned checksum {got:#x} for {iters} calls, expected {:#x}: it \
-             did not call `work` (or `work_c`) every time",
-            checksum(iters)
-        )))
-    }
-}
-
-/// Runs every dispatch loop `reps` times, interleaved; returns the median ns per call of each.
-fn measure_dispatch(iters: u64, reps: usize) -> Result<[f64; LOOPS.len()]> {
-    // Warm-up and correctness: one short run of each.
-    let warm = iters / 10 + 1;
-    for (name, f) in LOOPS {
-        check(name, warm, f(black_box(warm)))?;
-    }
-    let want = checksum(iters);
-    let mut ns: [Vec<f64>; LOOPS.len()] = Default::default();
-    for rep in 0..reps {
-        for k in 0..LOOPS.len() {
-            let which = (rep + k) % LOOPS.len();
-            let (name, f) = LOOPS[which];
-            let start = Instant::now();
-            let got = f(black_box(iters));
-            let elapsed = start.elapsed();
-            if got != want {
-                check(name, iters, got)?;
-            }
-            ns[which].push(elapsed.as_secs_f64() * 1e9 / iters as f64);
-        }
-    }
-    Ok(ns.map(|v| stats::median(&v)))
-}
 
 /// What each dispatch loop's machine code does per call, read back from this process's own
 /// text.
@@ -605,7 +555,7 @@ pub fn run(args: &CallArgs) -> Result<CallRow> {
         dyn_fn,
         direct_c,
         static_call_inline,
-    ] = measure_dispatch(args.iters, args.reps)?;
+    ] = dispatch::measure(&LOOPS, args.iters, args.reps)?;
     let caller_cpu = placement.busy_cpu(0);
     let updates = measure_updates(&SC, args.samples, caller_cpu)?;
     check_updates::<SC>(&updates, args.samples)?;
