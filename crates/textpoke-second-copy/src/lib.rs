@@ -5,4 +5,6 @@
 #[path = "../../textpoke/src/os/linux/lock.rs"]
 mod lock;
 
-pub use lock::{PatchGuard, lock_shared_state_addr, patch_lock, register_fork_handlers};
+pub use lock::{
+    PatchGuard, lock_shared_state_addr, patch_lock, register_fork_handlers, try_patch_lock,
+};

@@ -21,14 +21,24 @@
 //! # Ok::<(), textpoke::Error>(())
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-use crate::arch::{Insn, JUMP_LABEL_LEN, fill_padding, jump_label_code, relocate};
+use crate::arch::{FIRST_USE_LEN, Insn, JUMP_LABEL_LEN, fill_padding, jump_label_code, relocate};
 use crate::engine::{self, Code, PatchStats, Poke};
 use crate::table::alt::{AltSite, alt_index};
 use crate::{Error, Location, Result, features, os};
 
 static APPLIED: AtomicBool = AtomicBool::new(false);
+
+/// 1 while the next run of a not-yet-applied site should call [`apply`]; read by the
+/// first-use stub, so one byte.
+static ARMED: AtomicU8 = AtomicU8::new(1);
+
+/// The error of the `apply` a first use ran, if it failed.
+static FIRST_USE_ERROR: OnceLock<Error> = OnceLock::new();
+
+crate::arch::save_all_and_call!("textpoke_alt_first_use_v1" if ARMED => first_use_hook);
 
 /// Whether [`apply`] has run to completion in this process.
 pub fn applied() -> bool {
@@ -37,29 +47,94 @@ pub fn applied() -> bool {
 
 /// Chooses, for every alternative site, the first candidate whose feature the CPU has (and
 /// `TEXTPOKE_NO_FEATURES` does not mask), relocates it to the site, pads it, and writes every
-/// site in one batch; then binds every [`multiversion!`](crate::multiversion) call the same way, in a second batch. Every site and candidate is validated first: an unknown feature, a
+/// site in one batch; then binds every [`multiversion!`](crate::multiversion) call the same
+/// way, in a second batch. Every site and candidate is validated first: an unknown feature, a
 /// candidate longer than the default, code that cannot be relocated, or a site that does not
 /// hold its expected jump is an error naming the site, and nothing is written. Runs once; later
 /// calls return at once.
+///
+/// Calling it is optional: the first run of any alternative site or function-level
+/// alternative calls it (see [`apply_on_first_use`]). Call it early to choose when the code is
+/// written, and to see its error.
 pub fn apply() -> Result<PatchStats> {
-    let lock = os::patch_lock();
+    apply_locked(&os::patch_lock())
+}
+
+/// Whether the first run of a site not yet applied calls [`apply`] (the default) or leaves
+/// the defaults running until the program calls it. A first use applies from wherever it
+/// happens, so a program whose first use could be in a signal handler, or while it holds a lock
+/// the allocator needs, should call `apply` itself early, or turn this off. Takes effect for
+/// sites run after it returns; does nothing once `apply` has run.
+pub fn apply_on_first_use(on: bool) {
+    if !applied() {
+        ARMED.store(on as u8, Ordering::Release);
+    }
+}
+
+/// The error of the [`apply`] that a first use ran, if it failed. The defaults then keep
+/// running; an explicit `apply` tries again and returns the error.
+pub fn first_use_error() -> Option<&'static Error> {
+    FIRST_USE_ERROR.get()
+}
+
+/// Runs [`apply`] on the first use of a function-level alternative. Returns whether the
+/// alternatives are applied. Part of the `multiversion!` expansion; not for direct use.
+#[doc(hidden)]
+pub fn first_use() -> bool {
+    if ARMED.load(Ordering::Acquire) != 0 {
+        first_use_hook();
+    }
+    applied()
+}
+
+/// The first run of a site: applies, unless another thread is doing so (it then runs the
+/// default meanwhile). Called by the first-use stub with every register saved.
+extern "C" fn first_use_hook() {
+    if ARMED
+        .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    // Never wait for the lock here: this thread may be the holder, interrupted by a signal
+    // whose handler runs a site. Try again at the next run instead.
+    let Some(lock) = os::try_patch_lock() else {
+        ARMED.store(1, Ordering::Release);
+        return;
+    };
+    if let Err(e) = apply_locked(&lock) {
+        let _ = FIRST_USE_ERROR.set(e);
+    }
+}
+
+/// [`apply`], with the lock held.
+fn apply_locked(lock: &os::PatchGuard) -> Result<PatchStats> {
+    // Applied or failed, a first use has nothing more to do.
+    ARMED.store(0, Ordering::Release);
     if applied() {
         return Ok(PatchStats::default());
     }
-    let sites = crate::table::alt::alt_index(&lock)?;
+    let sites = alt_index(lock)?;
     let mut pokes = crate::batch::pokes_scratch();
     pokes.clear();
     for site in sites {
         pokes.push(site_poke(site)?);
     }
-    let mut stats = engine::patch(&lock, &mut pokes)?;
+    let mut stats = engine::patch(lock, &mut pokes)?;
     drop(pokes);
-    let bound = select_all(&lock)?;
+    let bound = select_all(lock)?;
     stats.sites += bound.sites;
     stats.writes += bound.writes;
     stats.syncs += bound.syncs;
     APPLIED.store(true, Ordering::Release);
     Ok(stats)
+}
+
+/// A child forked while another thread ran a first use must not stay disarmed forever.
+pub(crate) fn forget_after_fork() {
+    if !applied() && FIRST_USE_ERROR.get().is_none() {
+        ARMED.store(1, Ordering::Release);
+    }
 }
 
 /// The feature chosen at each site, in address order (validating the table on first use).
@@ -128,7 +203,8 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
     let pad = site.len - new.len();
     new.resize(site.len, 0);
     fill_padding(&mut new[site.len - pad..]);
-    let jump = jump_label_code(site.addr, site.default, true)
+    let entry = site.default.wrapping_sub(FIRST_USE_LEN);
+    let jump = jump_label_code(site.addr, entry, true)
         .ok_or_else(|| bad(site, "the out-of-line default is out of jump range".into()))?;
     let mut old = jump.as_slice().to_vec();
     old.resize(site.len, 0xcc);
@@ -141,6 +217,7 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
             ),
         )
     };
+    // Straight to the default, past the first-use call: this batch is the first use.
     let emulate = Insn::Jmp {
         target: site.default,
     };
@@ -224,7 +301,8 @@ fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
     batch.commit_locked(lock)
 }
 
-/// Function-level alternatives: a static call bound, when [`apply`] runs, to the first
+/// Function-level alternatives: a static call bound, when [`apply`] runs (at the latest, the
+/// first time any alternative or function-level alternative is called), to the first
 /// implementation whose CPU feature is present (and not masked by `TEXTPOKE_NO_FEATURES`).
 /// After that, dispatch costs what the static call costs: one direct call through its
 /// trampoline, or a true direct call for `inline` C-ABI calls.
@@ -239,13 +317,16 @@ fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
 /// fn sum_scalar(v: &[u32]) -> u64 { v.iter().map(|&x| x as u64).sum() }
 /// fn sum_wide(v: &[u32]) -> u64 { v.iter().map(|&x| x as u64).sum::<u64>() }
 ///
-/// fn main() -> Result<(), textpoke::Error> {
-///     assert_eq!(SUM.call(&[1, 2, 3]), 6); // the default until apply
-///     textpoke::alternatives::apply()?;     // binds SUM to the best implementation
-///     assert_eq!(SUM.call(&[1, 2, 3]), 6);
-///     Ok(())
+/// fn main() {
+///     assert_eq!(SUM.call(&[1, 2, 3]), 6); // the first call applies, then calls the choice
+///     assert!(textpoke::alternatives::applied());
+///     assert_eq!(SUM.call(&[1, 2, 3]), 6); // a direct call to it, through the trampoline
 /// }
 /// ```
+///
+/// Until then the static call's target is a resolver of the same signature, which calls
+/// [`apply`] (unless [`apply_on_first_use`] turned that off) and then the bound implementation,
+/// or the default if nothing could be applied.
 #[macro_export]
 macro_rules! multiversion {
     () => {};
@@ -256,9 +337,13 @@ macro_rules! multiversion {
         $($rest:tt)*
     ) => {
         $crate::static_call! {
-            $(#[$attr])* $vis inline static $name: extern "C" fn($($arg),*) $(-> $ret)? = $default;
+            $(#[$attr])* $vis inline static $name: extern "C" fn($($arg),*) $(-> $ret)? =
+                $name::__textpoke_resolve;
         }
         $crate::__multiversion_select!($name, [$($feature => $f),*], $default);
+        $crate::__multiversion_resolve!(
+            $name ["C"] [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] [$($arg),*] [$($ret)?] $default
+        );
         $crate::multiversion!($($rest)*);
     };
     (
@@ -268,10 +353,39 @@ macro_rules! multiversion {
         $($rest:tt)*
     ) => {
         $crate::static_call! {
-            $(#[$attr])* $vis static $name: $(extern $abi)? fn($($arg),*) $(-> $ret)? = $default;
+            $(#[$attr])* $vis static $name: $(extern $abi)? fn($($arg),*) $(-> $ret)? =
+                $name::__textpoke_resolve;
         }
         $crate::__multiversion_select!($name, [$($feature => $f),*], $default);
+        $crate::__multiversion_resolve!(
+            $name [$($abi)?] [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] [$($arg),*] [$($ret)?] $default
+        );
         $crate::multiversion!($($rest)*);
+    };
+}
+
+/// Emits a function-level alternative's resolver, its target until the first use: names the
+/// arguments one by one, then defines `__textpoke_resolve` with the call's exact signature.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __multiversion_resolve {
+    ($name:ident [$($abi:literal)?] [$($p:ident: $t:ty),*] [$($unused:ident)*] [] [$($ret:ty)?] $default:path) => {
+        impl $name {
+            #[doc(hidden)]
+            pub $(extern $abi)? fn __textpoke_resolve($($p: $t),*) $(-> $ret)? {
+                if $crate::alternatives::first_use() {
+                    // Bound: `apply` retargeted the call (and every inline site) away from here.
+                    $name.call($($p),*)
+                } else {
+                    $default($($p),*)
+                }
+            }
+        }
+    };
+    ($name:ident [$($abi:literal)?] [$($p:ident: $t:ty),*] [$n:ident $($ns:ident)*] [$t0:ty $(, $ts:ty)*] [$($ret:ty)?] $default:path) => {
+        $crate::__multiversion_resolve!(
+            $name [$($abi)?] [$($p: $t,)* $n: $t0] [$($ns)*] [$($ts),*] [$($ret)?] $default
+        );
     };
 }
 

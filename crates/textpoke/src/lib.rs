@@ -45,7 +45,9 @@
 pub mod alternatives {
     #[doc(hidden)]
     pub use crate::alt::Selector;
-    pub use crate::alt::{applied, apply, choices};
+    #[doc(hidden)]
+    pub use crate::alt::first_use;
+    pub use crate::alt::{applied, apply, apply_on_first_use, choices, first_use_error};
 }
 mod alt;
 mod arch;

@@ -11,6 +11,8 @@ use textpoke::features::OVERRIDE_VAR;
 #[test]
 fn both_paths_follow_the_features_and_the_override() {
     let masked = std::env::var(OVERRIDE_VAR).is_ok();
+    // This test applies explicitly; `alternatives_first_use` covers the first-use path.
+    textpoke::alternatives::apply_on_first_use(false);
     assert_eq!(which(), 1, "before apply the default runs");
     assert_eq!(
         (PICK.call(4), PICK_C.call(4)),

@@ -33,6 +33,9 @@ fn too_long() -> u64 {
 #[test]
 fn unknown_features_and_long_replacements_are_errors() {
     let before = (unknown_feature(), too_long());
+    // The first run tried to apply, failed, and left the defaults running.
+    let first = textpoke::alternatives::first_use_error().expect("the first use failed");
+    assert!(matches!(first, Error::BadAlternative { .. }), "{first:?}");
     let err = textpoke::alternatives::apply().unwrap_err();
     let Error::BadAlternative { site, why } = &err else {
         panic!("expected BadAlternative, got {err:?}");
@@ -47,6 +50,11 @@ fn unknown_features_and_long_replacements_are_errors() {
         (unknown_feature(), too_long()),
         before,
         "nothing was written"
+    );
+    assert_eq!(
+        err.to_string(),
+        first.to_string(),
+        "an explicit apply tries again"
     );
     assert_eq!(before, (1, 1));
 }

@@ -10,6 +10,9 @@ use alt_sites::{TARGET, expected, moved, which};
 #[test]
 fn applying_while_threads_run_the_sites() {
     assert!(!textpoke::alternatives::applied());
+    // Applied explicitly while the threads run the defaults; `alternatives_first_use` covers
+    // threads racing to apply on first use.
+    textpoke::alternatives::apply_on_first_use(false);
     let stop = AtomicBool::new(false);
     let bad = AtomicUsize::new(0);
     std::thread::scope(|s| {

@@ -47,7 +47,8 @@ pub struct AltSite {
     pub addr: usize,
     /// The site's length: the default's, and at least a jump's.
     pub len: usize,
-    /// The out-of-line default (followed by a jump back to the end of the site).
+    /// The out-of-line default (behind its first-use entry, and followed by a jump back to the
+    /// end of the site).
     pub default: usize,
     /// The default's length.
     pub default_len: usize,
@@ -89,8 +90,11 @@ fn build(lock: &PatchGuard) -> Result<Vec<AltSite>> {
         let len = entries.half(index, 18) as usize;
         let site_len = default_len.max(crate::arch::JUMP_LABEL_LEN);
         table.check_text(object, "alternative site", addr, site_len)?;
-        // The default runs out of line before `apply`, then jumps back: both in text.
-        table.check_text(object, "alternative default", default, default_len + 5)?;
+        // The default runs out of line before `apply`, behind its first-use entry, then jumps
+        // back: all in text.
+        let entry = default.wrapping_sub(crate::arch::FIRST_USE_LEN);
+        let entry_len = crate::arch::FIRST_USE_LEN + default_len + 5;
+        table.check_text(object, "alternative default", entry, entry_len)?;
         if !object.contains(code, len.max(1)) {
             return Err(Error::BadTable {
                 table: ALT_SECTION,

@@ -2,12 +2,15 @@
 
 mod emulate;
 mod encode;
+mod first_use;
 mod nop;
 mod relocate;
 mod trampoline;
 
 pub use emulate::{Insn, Regs, condition_holds, emulate};
 pub use encode::{CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code};
+pub use first_use::FIRST_USE_LEN;
+pub(crate) use first_use::save_all_and_call;
 pub use nop::{fill_padding, is_nop, nop_len};
 pub use relocate::relocate;
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
@@ -101,10 +104,11 @@ macro_rules! __arch_inline_call {
 
 /// Emits an alternative site. Used by `alternative!` only.
 ///
-/// The default is assembled out of line, followed by a jump back; the site itself starts as a
-/// `jmp` to it, padded with `int3` to the default's length. So before `apply` no thread ever
-/// executes a site byte but the first instruction, and `apply` can replace the whole site with
-/// the breakpoint protocol even while threads run it. Each candidate gets a table entry (see
+/// The default is assembled out of line, behind the first-use entry (`lea`, `call
+/// textpoke_alt_first_use_v1`, `lea`: `FIRST_USE_LEN` bytes) and followed by a jump back; the
+/// site itself starts as a `jmp` to the entry, padded with `int3` to the default's length. So
+/// before `apply` no thread ever executes a site byte but the first instruction, and `apply`
+/// can replace the whole site with the breakpoint protocol even while threads run it. Each candidate gets a table entry (see
 /// `table::alt`), the default last, with an empty feature name.
 #[doc(hidden)]
 #[macro_export]
@@ -112,6 +116,12 @@ macro_rules! __arch_alternative {
     ([$($default:literal),*] $([$feature:literal: $($code:literal),*])* ; $($operands:tt)*) => {
         ::core::arch::asm!(
             ".pushsection .text.textpoke_alt_default,\"ax\",@progbits",
+            ".hidden textpoke_alt_first_use_v1",
+            "7774:",
+            ".byte 0x48, 0x8d, 0x64, 0x24, 0x80",
+            ".byte 0xe8",
+            ".long textpoke_alt_first_use_v1 - (. + 4)",
+            ".byte 0x48, 0x8d, 0xa4, 0x24, 0x80, 0x00, 0x00, 0x00",
             "7770:",
             $($default,)*
             "7771:",
@@ -120,7 +130,7 @@ macro_rules! __arch_alternative {
             ".popsection",
             "7773:",
             ".byte 0xe9",
-            ".long 7770b - (7773b + 5)",
+            ".long 7774b - (7773b + 5)",
             ".skip -(((7771b - 7770b) - 5) > 0) * ((7771b - 7770b) - 5), 0xcc",
             "7772:",
             $(

@@ -65,6 +65,16 @@ pub fn patch_lock() -> PatchGuard {
     PatchGuard { _private: () }
 }
 
+/// Takes the process-wide patch lock if it is free right now.
+pub fn try_patch_lock() -> Option<PatchGuard> {
+    register_fork_handlers();
+    shared()
+        .lock
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .ok()
+        .map(|_| PatchGuard { _private: () })
+}
+
 impl Drop for PatchGuard {
     fn drop(&mut self) {
         unlock_word(&shared().lock);

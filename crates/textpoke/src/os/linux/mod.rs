@@ -22,6 +22,12 @@ pub fn patch_lock() -> PatchGuard {
     lock::patch_lock()
 }
 
+/// Takes the process-wide patch lock if no one holds it, without waiting.
+pub fn try_patch_lock() -> Option<PatchGuard> {
+    fork::register_once();
+    lock::try_patch_lock()
+}
+
 /// Makes everything a batch needs ready: the trap handler, core serialization, the writer.
 /// Cheap after the first call in a process (one `sigaction` query).
 pub fn prepare_for_patching() -> crate::Result<()> {
