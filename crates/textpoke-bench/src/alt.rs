@@ -189,6 +189,9 @@ pub struct AltRow {
     pub apply_us_p90: f64,
     /// Timed `apply()` calls (one per forked child).
     pub apply_samples: usize,
+    /// Median wall time of the first run of one site in a fresh (forked) process, which applies
+    /// every alternative before running its default, in µs (as many samples as `apply_us`).
+    pub first_use_us: f64,
     /// Sites whose bytes one `apply()` changed (`PatchStats::sites`): the alternative sites and
     /// the code of the two `multiversion!` static calls it binds.
     pub apply_sites: usize,
@@ -417,6 +420,25 @@ fn time_apply_in_child() -> std::result::Result<String, String> {
     ))
 }
 
+/// Times the first run of a site, which applies every alternative first; returns µs.
+fn time_first_use_in_child() -> std::result::Result<String, String> {
+    textpoke::alternatives::apply_on_first_use(true);
+    let start = Instant::now();
+    let first = black_box(ALT_SITES[0])();
+    let us = start.elapsed().as_secs_f64() * 1e6;
+    let next = ALT_SITES[1]();
+    if let Some(e) = textpoke::alternatives::first_use_error() {
+        return Err(format!("the first use failed to apply: {e}"));
+    }
+    if (first, next, textpoke::alternatives::applied()) != (1, 2, true) {
+        return Err(format!(
+            "first use: the first site returned {first} (expected the default, 1), the next \
+             {next} (expected 2)"
+        ));
+    }
+    Ok(format!("{us}"))
+}
+
 /// What each dispatch loop calls, from its machine code.
 fn loop_code() -> Result<AltLoopCode> {
     let names = [
@@ -458,6 +480,8 @@ pub fn run(args: &AltArgs) -> Result<AltRow> {
             "alternatives are already applied in this process: apply cannot be timed",
         ));
     }
+    // Children time `apply()` from an unapplied state: no site may apply it first.
+    textpoke::alternatives::apply_on_first_use(false);
     let workers = [
         work as *const () as usize,
         work_a as *const () as usize,
@@ -501,6 +525,11 @@ pub fn run(args: &AltArgs) -> Result<AltRow> {
         }
         apply_us.push(us);
     }
+    let mut first_use_us = Vec::with_capacity(args.samples);
+    for _ in 0..args.samples {
+        let [us] = numbers::<1>(&in_child(time_first_use_in_child)?)?;
+        first_use_us.push(us);
+    }
 
     // Now this process applies, and the dispatch loops run bound.
     let here = Applied::from(textpoke::alternatives::apply()?);
@@ -517,6 +546,7 @@ pub fn run(args: &AltArgs) -> Result<AltRow> {
         apply_us_min: stats::percentile(&apply_us, 0.0),
         apply_us_p90: stats::percentile(&apply_us, 0.9),
         apply_samples: apply_us.len(),
+        first_use_us: stats::median(&first_use_us),
         apply_sites: first.sites,
         apply_writes: first.writes,
         apply_syncs: first.syncs,
@@ -557,7 +587,10 @@ fn note(args: &AltArgs, code: &AltLoopCode, applied: Applied) -> String {
          lazy initialization and fresh heap pages (page faults), membarrier registration (per address space, so again in each child), and copy-on-write \
          of the text pages written; one extra child checked every site returns 1 before and 2 \
          after apply, and ALT/ALTI before and after binding; the parent applied only after the \
-         samples. dispatch: median of {reps} interleaved repetitions of {iters} calls per loop, \
+         samples, and turned first-use application off so that no site applied before the \
+         timed apply(). first_use_us: the same number of children, each timing the first run \
+         of alt_site::<0> with first-use application on (the stub saves every register, \
+         apply() runs, then the default). dispatch: median of {reps} interleaved repetitions of {iters} calls per loop, \
          each loop 64-byte aligned, calling x*31 ^ 7 on the counter through black_box and \
          XOR-ing a checksum checked against the expected one; direct: call work; \
          textpoke_alt: ALT.call(x), multiversion! (Rust ABI) bound by apply to work_a: a call \
@@ -613,6 +646,7 @@ pub fn print_table(r: &AltRow) -> Result<()> {
         ("apply, fastest (µs)", r.apply_us_min),
         ("apply, p90 (µs)", r.apply_us_p90),
         ("apply samples", r.apply_samples as f64),
+        ("first run of a site, applying (µs)", r.first_use_us),
         ("sites changed by apply", r.apply_sites as f64),
         ("pwrites by apply", r.apply_writes as f64),
         ("core syncs by apply", r.apply_syncs as f64),

@@ -31,14 +31,20 @@ use crate::{Error, Location, Result, features, os};
 
 static APPLIED: AtomicBool = AtomicBool::new(false);
 
-/// 1 while the next run of a not-yet-applied site should call [`apply`]; read by the
-/// first-use stub, so one byte.
-static ARMED: AtomicU8 = AtomicU8::new(1);
+/// [`FIRST_USE`] values. Only `ON` sends a site's run to the hook.
+const OFF: u8 = 0;
+const ON: u8 = 1;
+/// A first use is applying (or trying to) on some thread.
+const BUSY: u8 = 2;
+
+/// Whether the next run of a site not yet applied calls [`apply`]; read by the first-use stub,
+/// so one byte.
+static FIRST_USE: AtomicU8 = AtomicU8::new(ON);
 
 /// The error of the `apply` a first use ran, if it failed.
 static FIRST_USE_ERROR: OnceLock<Error> = OnceLock::new();
 
-crate::arch::save_all_and_call!("textpoke_alt_first_use_v1" if ARMED => first_use_hook);
+crate::arch::save_all_and_call!("textpoke_alt_first_use_v1" if FIRST_USE => first_use_hook);
 
 /// Whether [`apply`] has run to completion in this process.
 pub fn applied() -> bool {
@@ -67,7 +73,7 @@ pub fn apply() -> Result<PatchStats> {
 /// sites run after it returns; does nothing once `apply` has run.
 pub fn apply_on_first_use(on: bool) {
     if !applied() {
-        ARMED.store(on as u8, Ordering::Release);
+        FIRST_USE.store(if on { ON } else { OFF }, Ordering::Release);
     }
 }
 
@@ -81,7 +87,7 @@ pub fn first_use_error() -> Option<&'static Error> {
 /// alternatives are applied. Part of the `multiversion!` expansion; not for direct use.
 #[doc(hidden)]
 pub fn first_use() -> bool {
-    if ARMED.load(Ordering::Acquire) != 0 {
+    if FIRST_USE.load(Ordering::Acquire) == ON {
         first_use_hook();
     }
     applied()
@@ -90,8 +96,8 @@ pub fn first_use() -> bool {
 /// The first run of a site: applies, unless another thread is doing so (it then runs the
 /// default meanwhile). Called by the first-use stub with every register saved.
 extern "C" fn first_use_hook() {
-    if ARMED
-        .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+    if FIRST_USE
+        .compare_exchange(ON, BUSY, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
         return;
@@ -99,7 +105,7 @@ extern "C" fn first_use_hook() {
     // Never wait for the lock here: this thread may be the holder, interrupted by a signal
     // whose handler runs a site. Try again at the next run instead.
     let Some(lock) = os::try_patch_lock() else {
-        ARMED.store(1, Ordering::Release);
+        FIRST_USE.store(ON, Ordering::Release);
         return;
     };
     if let Err(e) = apply_locked(&lock) {
@@ -110,7 +116,7 @@ extern "C" fn first_use_hook() {
 /// [`apply`], with the lock held.
 fn apply_locked(lock: &os::PatchGuard) -> Result<PatchStats> {
     // Applied or failed, a first use has nothing more to do.
-    ARMED.store(0, Ordering::Release);
+    FIRST_USE.store(OFF, Ordering::Release);
     if applied() {
         return Ok(PatchStats::default());
     }
@@ -130,11 +136,9 @@ fn apply_locked(lock: &os::PatchGuard) -> Result<PatchStats> {
     Ok(stats)
 }
 
-/// A child forked while another thread ran a first use must not stay disarmed forever.
+/// A child forked while another thread was starting a first use must not wait for it forever.
 pub(crate) fn forget_after_fork() {
-    if !applied() && FIRST_USE_ERROR.get().is_none() {
-        ARMED.store(1, Ordering::Release);
-    }
+    let _ = FIRST_USE.compare_exchange(BUSY, ON, Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// The feature chosen at each site, in address order (validating the table on first use).
@@ -327,39 +331,66 @@ fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
 /// Until then the static call's target is a resolver of the same signature, which calls
 /// [`apply`] (unless [`apply_on_first_use`] turned that off) and then the bound implementation,
 /// or the default if nothing could be applied.
+///
+/// **Implementations built for a feature.** An entry written `"feature" => unsafe f` may name
+/// a `#[target_feature]` function (or an `unsafe fn`) of the same signature. `unsafe` is the
+/// author's promise that `f` is safe to call on any CPU that has `feature`: that every feature
+/// its `#[target_feature]` enables is implied by it. textpoke binds it only when `feature` is
+/// present.
+///
+/// ```
+/// textpoke::multiversion! {
+///     /// Bits set in a word.
+///     pub inline static ONES: extern "C" fn(u64) -> u32 = {
+///         "popcnt" => unsafe ones_popcnt, // compiled to one `popcnt`
+///         _ => ones_soft,
+///     };
+/// }
+/// #[target_feature(enable = "popcnt")]
+/// extern "C" fn ones_popcnt(x: u64) -> u32 { x.count_ones() }
+/// extern "C" fn ones_soft(x: u64) -> u32 { x.count_ones() }
+///
+/// fn main() {
+///     assert_eq!(ONES.call(0b1011), 3); // afterwards, a direct `call ones_popcnt` here
+/// }
+/// ```
+///
+/// Without `unsafe`, such a function is refused:
+///
+/// ```compile_fail,E0308
+/// textpoke::multiversion! {
+///     static ONES: fn(u64) -> u32 = { "popcnt" => ones_popcnt, _ => ones_soft };
+/// }
+/// #[target_feature(enable = "popcnt")]
+/// fn ones_popcnt(x: u64) -> u32 { x.count_ones() }
+/// fn ones_soft(x: u64) -> u32 { x.count_ones() }
+/// fn main() {}
+/// ```
 #[macro_export]
 macro_rules! multiversion {
     () => {};
     (
         $(#[$attr:meta])* $vis:vis inline static $name:ident:
-            extern "C" fn($($arg:ty),* $(,)?) $(-> $ret:ty)? =
-            { $($feature:literal => $f:path,)* _ => $default:path $(,)? };
+            extern "C" fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = { $($body:tt)* };
         $($rest:tt)*
     ) => {
         $crate::static_call! {
             $(#[$attr])* $vis inline static $name: extern "C" fn($($arg),*) $(-> $ret)? =
                 $name::__textpoke_resolve;
         }
-        $crate::__multiversion_select!($name, [$($feature => $f),*], $default);
-        $crate::__multiversion_resolve!(
-            $name ["C"] [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] [$($arg),*] [$($ret)?] $default
-        );
+        $crate::__multiversion_select!($name ["C"] [$($arg),*] [$($ret)?] [] $($body)*);
         $crate::multiversion!($($rest)*);
     };
     (
         $(#[$attr:meta])* $vis:vis static $name:ident:
-            $(extern $abi:literal)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)? =
-            { $($feature:literal => $f:path,)* _ => $default:path $(,)? };
+            $(extern $abi:literal)? fn($($arg:ty),* $(,)?) $(-> $ret:ty)? = { $($body:tt)* };
         $($rest:tt)*
     ) => {
         $crate::static_call! {
             $(#[$attr])* $vis static $name: $(extern $abi)? fn($($arg),*) $(-> $ret)? =
                 $name::__textpoke_resolve;
         }
-        $crate::__multiversion_select!($name, [$($feature => $f),*], $default);
-        $crate::__multiversion_resolve!(
-            $name [$($abi)?] [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] [$($arg),*] [$($ret)?] $default
-        );
+        $crate::__multiversion_select!($name [$($abi)?] [$($arg),*] [$($ret)?] [] $($body)*);
         $crate::multiversion!($($rest)*);
     };
 }
@@ -389,10 +420,26 @@ macro_rules! __multiversion_resolve {
     };
 }
 
+/// Reads a `multiversion!` body one entry at a time (`"feature" => f,` or
+/// `"feature" => unsafe f,`, then `_ => default`), then emits the selector, its table entry
+/// and the resolver.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __multiversion_select {
-    ($name:ident, [$($feature:literal => $f:path),*], $default:path) => {
+    ($name:ident $abi:tt $args:tt $ret:tt [$($arms:tt)*]
+        $feature:literal => unsafe $f:path, $($rest:tt)*) => {
+        $crate::__multiversion_select!(
+            $name $abi $args $ret [$($arms)* [$feature unsafe $f]] $($rest)*
+        );
+    };
+    ($name:ident $abi:tt $args:tt $ret:tt [$($arms:tt)*]
+        $feature:literal => $f:path, $($rest:tt)*) => {
+        $crate::__multiversion_select!(
+            $name $abi $args $ret [$($arms)* [$feature safe $f]] $($rest)*
+        );
+    };
+    ($name:ident $abi:tt $args:tt $ret:tt
+        [$([$feature:literal $kind:ident $f:path])*] _ => $default:path $(,)?) => {
         impl $name {
             #[doc(hidden)]
             pub fn __textpoke_select(
@@ -400,7 +447,10 @@ macro_rules! __multiversion_select {
             ) -> $crate::Result<$crate::Batch<'static>> {
                 $(
                     if $crate::features::has($feature)? {
-                        return Ok(batch.update(&$name, $f));
+                        return Ok(batch.update(
+                            &$name,
+                            $crate::__multiversion_fn!($kind $f, $feature, $abi $args $ret),
+                        ));
                     }
                 )*
                 Ok(batch.update(&$name, $default))
@@ -413,5 +463,31 @@ macro_rules! __multiversion_select {
             ".popsection",
             select = sym $name::__textpoke_select,
         );
+        $crate::__multiversion_resolve!(
+            $name $abi [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] $args $ret $default
+        );
     };
+}
+
+/// One implementation of a `multiversion!` entry, as the static call's function type. An
+/// `unsafe` entry may be an `unsafe fn` or a `#[target_feature]` function.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __multiversion_fn {
+    (safe $f:path, $feature:literal, $abi:tt $args:tt $ret:tt) => {
+        $f
+    };
+    (unsafe $f:path, $feature:literal, [$($abi:literal)?] [$($arg:ty),*] [$($ret:ty)?]) => {{
+        let f: unsafe $(extern $abi)? fn($($arg),*) $(-> $ret)? = $f;
+        // SAFETY: the entry is marked `unsafe`: its author vouches that calling `f` is safe on
+        // a CPU with `$feature` (the CPU features its `#[target_feature]` enables are all
+        // implied by it), and the selector binds it only after `features::has` found
+        // `$feature` present. Both types are function pointers of one signature and ABI.
+        unsafe {
+            ::core::mem::transmute::<
+                unsafe $(extern $abi)? fn($($arg),*) $(-> $ret)?,
+                $(extern $abi)? fn($($arg),*) $(-> $ret)?,
+            >(f)
+        }
+    }};
 }

@@ -5,7 +5,7 @@ mod alt_sites;
 
 use std::process::Command;
 
-use alt_sites::{PICK, PICK_C, TARGET, expected, moved, which};
+use alt_sites::{COUNT, PICK, PICK_C, TARGET, count_expected, expected, moved, which};
 use textpoke::features::OVERRIDE_VAR;
 
 #[test]
@@ -20,11 +20,17 @@ fn both_paths_follow_the_features_and_the_override() {
         "and the default implementations"
     );
     assert_eq!(moved(), (0, 0));
+    assert_eq!(COUNT.call(0b1011), 3);
     let choices = textpoke::alternatives::choices().unwrap();
     assert_eq!(choices.len(), 2);
     textpoke::alternatives::apply().unwrap();
     assert!(textpoke::alternatives::applied());
     assert_eq!(which(), expected());
+    assert_eq!(
+        COUNT.call(0b1011),
+        count_expected(),
+        "a #[target_feature] implementation is bound when its feature is present"
+    );
     if masked {
         assert_eq!(
             which(),
@@ -42,7 +48,7 @@ fn both_paths_follow_the_features_and_the_override() {
     // The other path, on the same machine: a child with the features masked.
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["both_paths_follow_the_features_and_the_override", "--exact"])
-        .env(OVERRIDE_VAR, "avx512f,sse2")
+        .env(OVERRIDE_VAR, "avx512f,sse2,popcnt")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -58,11 +58,19 @@ fn a_function_level_first_use_applies_and_calls_the_choice() {
         &[],
         || {
             assert!(!applied());
-            assert_eq!(PICK_C.call(4), 43, "the resolver applies, then calls the choice");
+            assert_eq!(
+                PICK_C.call(4),
+                43,
+                "the resolver applies, then calls the choice"
+            );
             assert!(applied());
             assert_eq!(PICK_C.call(5), 53);
             assert_eq!(PICK.call(4), 40 + expected());
-            assert_eq!(which(), expected(), "instruction-level sites were applied too");
+            assert_eq!(
+                which(),
+                expected(),
+                "instruction-level sites were applied too"
+            );
         },
     );
 }
@@ -152,7 +160,24 @@ fn bits<T: Copy, const N: usize>(v: T) -> [u64; N] {
 #[inline(never)]
 fn add_one_keeping_registers(gp: &mut [u64; 12], xmm: &mut [__m128i; 16]) {
     let [a, c, d, si, di, r8, r9, r10, r11, r12, r13, r14] = gp;
-    let [x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15] = xmm;
+    let [
+        x0,
+        x1,
+        x2,
+        x3,
+        x4,
+        x5,
+        x6,
+        x7,
+        x8,
+        x9,
+        x10,
+        x11,
+        x12,
+        x13,
+        x14,
+        x15,
+    ] = xmm;
     // SAFETY: both sequences only add 1 to `rax`; every operand is declared.
     unsafe {
         textpoke::alternative!(

@@ -70,6 +70,26 @@ textpoke::multiversion! {
         "sse2" => pick_c::<3>,
         _ => pick_c::<1>,
     };
+    /// Function-level with a `#[target_feature]` implementation.
+    pub static COUNT: fn(u64) -> u64 = {
+        "popcnt" => unsafe count_popcnt,
+        _ => count_soft,
+    };
+}
+
+/// Built for POPCNT; tagged so the tests can tell which implementation ran.
+#[target_feature(enable = "popcnt")]
+fn count_popcnt(x: u64) -> u64 {
+    x.count_ones() as u64 + 1000
+}
+
+fn count_soft(x: u64) -> u64 {
+    x.count_ones() as u64
+}
+
+/// What `COUNT.call(0b1011)` returns once applied.
+pub fn count_expected() -> u64 {
+    if has("popcnt").unwrap() { 1003 } else { 3 }
 }
 
 fn pick<const N: u64>(x: u64) -> u64 {

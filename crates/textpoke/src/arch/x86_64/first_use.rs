@@ -22,8 +22,8 @@
 pub const FIRST_USE_LEN: usize = 18;
 
 /// Defines the global, hidden function `$name`: it saves every register, flags and the
-/// extended state, calls `$hook` (an `extern "C" fn()`, with a 64-byte-aligned stack) unless the
-/// one-byte flag `$armed` is zero, restores everything and returns.
+/// extended state, calls `$hook` (an `extern "C" fn()`, with a 64-byte-aligned stack) if the
+/// one-byte flag `$armed` is 1, restores everything and returns.
 ///
 /// Sites call it by name, so `alternative!` needs no operand of its own (operands added to the
 /// user's `asm!` would have to come before theirs and would break positional ones). Like the
@@ -40,8 +40,8 @@ macro_rules! save_all_and_call {
             ".balign 16",
             concat!($name, ":"),
             "pushfq",
-            "cmp byte ptr [rip + {armed}], 0",
-            "je 2f",
+            "cmp byte ptr [rip + {armed}], 1",
+            "jne 2f",
             "cld",
             "push rax", "push rcx", "push rdx", "push rbx", "push rsi", "push rdi",
             "push r8", "push r9", "push r10", "push r11", "push rbp",
