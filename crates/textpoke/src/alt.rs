@@ -212,6 +212,13 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
         .ok_or_else(|| bad(site, "the out-of-line default is out of jump range".into()))?;
     let mut old = jump.as_slice().to_vec();
     old.resize(site.len, 0xcc);
+    // SAFETY: the table index checked that the site lies in the object's text; the lock is
+    // held, so no batch writes it meanwhile.
+    let now = unsafe { std::slice::from_raw_parts(site.addr as *const u8, site.len) };
+    if now == new.as_slice() {
+        // Already applied, by another copy of textpoke linked into this object: nothing to do.
+        old.clone_from(&new);
+    }
     let too_long = || {
         bad(
             site,
@@ -264,7 +271,9 @@ macro_rules! alternative {
 }
 
 /// A function-level alternative's selector: adds the update that binds its static call to the
-/// best implementation for this CPU. Listed in `textpoke_select_v1` by [`multiversion!`](crate::multiversion).
+/// best implementation for this CPU. Listed in `textpoke_select_v1` by
+/// [`multiversion!`](crate::multiversion), with [`SELECT_OWNER`] of its copy of textpoke: two
+/// self-relative offsets per entry.
 #[doc(hidden)]
 pub type Selector = fn(crate::Batch<'static>) -> Result<crate::Batch<'static>>;
 
@@ -280,12 +289,18 @@ core::arch::global_asm!(
     ".popsection"
 );
 
+/// Marks this copy of textpoke's entries in `textpoke_select_v1`, which every copy linked into
+/// an object shares. Only its address matters; an atomic, so that it is writable data that
+/// identical-data folding never merges with another copy's.
+#[doc(hidden)]
+pub static SELECT_OWNER: AtomicU8 = AtomicU8::new(0);
+
 /// Binds every function-level alternative ([`multiversion!`](crate::multiversion)) to its best implementation, in
 /// one batch. Called by [`apply`].
 fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
     let table = crate::table::Table {
         name: "textpoke_select_v1",
-        entry_size: 4,
+        entry_size: 8,
         start: (&raw const SELECT_START) as usize,
         stop: (&raw const SELECT_STOP) as usize,
     };
@@ -295,10 +310,15 @@ fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
     };
     let mut batch = crate::Batch::new();
     for index in 0..entries.count {
+        if entries.field(index, 1) != (&raw const SELECT_OWNER) as usize {
+            // Another copy of textpoke's: its selector takes that copy's `Batch`.
+            continue;
+        }
         let select = entries.field(index, 0);
         table.check_text(object, "selector", select, 1)?;
         // SAFETY: `multiversion!` lists only its own selectors, Rust functions of exactly the
-        // `Selector` type, and the address lies in the object's text (checked above).
+        // `Selector` type of the copy of textpoke that owns the entry, which is this one
+        // (checked above); the address lies in the object's text (checked above).
         let select: Selector = unsafe { std::mem::transmute::<usize, Selector>(select) };
         batch = select(batch)?;
     }
@@ -460,8 +480,10 @@ macro_rules! __multiversion_select {
             ".pushsection textpoke_select_v1,\"aR\",@progbits",
             ".balign 4",
             ".long {select} - .",
+            ".long {owner} - .",
             ".popsection",
             select = sym $name::__textpoke_select,
+            owner = sym $crate::alternatives::SELECT_OWNER,
         );
         $crate::__multiversion_resolve!(
             $name $abi [] [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11] $args $ret $default

@@ -44,9 +44,9 @@
 /// Instruction-level alternatives chosen by CPU feature.
 pub mod alternatives {
     #[doc(hidden)]
-    pub use crate::alt::Selector;
-    #[doc(hidden)]
     pub use crate::alt::first_use;
+    #[doc(hidden)]
+    pub use crate::alt::{SELECT_OWNER, Selector};
     pub use crate::alt::{applied, apply, apply_on_first_use, choices, first_use_error};
 }
 mod alt;
