@@ -15,11 +15,13 @@
 //!     n
 //! }
 //!
-//! assert_eq!(which(), 1); // before `apply`, the default runs (out of line)
-//! textpoke::alternatives::apply()?;
+//! assert_eq!(which(), 1); // the first run applies every alternative, then runs the default
+//! assert!(textpoke::alternatives::applied());
 //! assert_eq!(which(), 2); // now the SSE2 sequence runs inline
-//! # Ok::<(), textpoke::Error>(())
 //! ```
+//!
+//! A program may instead call [`apply`] itself, early, to choose when the code is written and to
+//! see any error; [`apply_on_first_use`] turns the first-use path off.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -255,7 +257,9 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
 /// );
 /// ```
 ///
-/// Until [`apply`] runs, the default runs out of line (one jump there and back). `apply`
+/// Until [`apply`] runs, the default runs out of line (one jump there and back). The first
+/// such run calls `apply` (unless [`apply_on_first_use`] turned that off), with every register,
+/// the flags, the extended state and the red zone kept, whatever the `asm!` options. `apply`
 /// replaces each site with its chosen code inline, live-safely. A replacement longer than the
 /// default is refused when `apply` validates the table. Must be used inside `unsafe`, like
 /// `asm!`.

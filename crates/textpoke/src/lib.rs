@@ -1,8 +1,9 @@
 //! # textpoke
 //!
-//! The Linux kernel's runtime code patching, for user-space Rust: **static keys** (jump labels)
-//! on a batched text-patching engine that stays correct while other threads run the code it
-//! changes.
+//! The Linux kernel's runtime code patching, for user-space Rust: **static keys** (jump labels),
+//! **static calls** ([`static_call!`]) and **alternatives** chosen by CPU feature
+//! ([`alternative!`], [`multiversion!`], [`alternatives`]), on a batched text-patching engine
+//! that stays correct while other threads run the code it changes.
 //!
 //! ```
 //! use textpoke::{StaticKey, static_branch_unlikely};
