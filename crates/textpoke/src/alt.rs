@@ -152,6 +152,15 @@ pub fn choices() -> Result<Vec<(usize, String)>> {
         .collect()
 }
 
+/// The code [`apply`] would write at each site, in address order. For tests.
+pub fn planned_code() -> Result<Vec<(usize, Vec<u8>)>> {
+    let lock = os::patch_lock();
+    alt_index(&lock)?
+        .iter()
+        .map(|site| Ok((site.addr, site_poke(site)?.new.as_slice().to_vec())))
+        .collect()
+}
+
 fn bad(site: &AltSite, why: String) -> Error {
     Error::BadAlternative {
         site: Location::of(site.addr),

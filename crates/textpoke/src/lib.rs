@@ -79,6 +79,7 @@ pub mod insn {
 /// Low-level access for textpoke's own tools and tests. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::alt::planned_code as planned_alt_code;
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::call::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{MERGE_GAP, read_code, trap_counts};

@@ -5,6 +5,7 @@
 //! first use happens once per process.
 
 mod alt_sites;
+mod support;
 
 use std::arch::x86_64::{__m128i, __m256i};
 use std::process::Command;
@@ -315,4 +316,29 @@ fn the_first_run_keeps_the_red_zone() {
         assert!(applied(), "{:?}", first_use_error());
         assert_eq!(red_zone_words_kept(), 16, "and the applied site");
     });
+}
+
+#[test]
+fn sites_already_holding_their_code_are_left_alone() {
+    fresh(
+        "sites_already_holding_their_code_are_left_alone",
+        &[],
+        || {
+            apply_on_first_use(false);
+            let planned = textpoke::__private::planned_alt_code().unwrap();
+            assert_eq!(planned.len(), 5, "which, moved and the three sites here");
+            // As another copy of textpoke linked into this binary would have done.
+            let (addr, code) = &planned[0];
+            support::poke_behind_back(*addr, code);
+            apply().expect("a site already holding its chosen code is not a mismatch");
+            for (addr, code) in &planned {
+                assert_eq!(
+                    &textpoke::__private::read_code(*addr, code.len()).unwrap(),
+                    code
+                );
+            }
+            assert_eq!(which(), expected());
+            assert_eq!(moved(), (42, &raw const TARGET as u64));
+        },
+    );
 }
