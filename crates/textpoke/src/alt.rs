@@ -70,8 +70,9 @@ pub fn apply() -> Result<PatchStats> {
 
 /// Whether the first run of a site not yet applied calls [`apply`] (the default) or leaves
 /// the defaults running until the program calls it. A first use applies from wherever it
-/// happens, so a program whose first use could be in a signal handler, or while it holds a lock
-/// the allocator needs, should call `apply` itself early, or turn this off. Takes effect for
+/// happens, and applying allocates and initializes one-time state: it is not
+/// async-signal-safe. A program whose first use could be in a signal handler, or while it holds
+/// a lock the allocator needs, should call `apply` itself early, or turn this off. Takes effect for
 /// sites run after it returns; does nothing once `apply` has run.
 pub fn apply_on_first_use(on: bool) {
     if !applied() {
@@ -98,6 +99,8 @@ pub fn first_use() -> bool {
 /// The first run of a site: applies, unless another thread is doing so (it then runs the
 /// default meanwhile). Called by the first-use stub with every register saved.
 extern "C" fn first_use_hook() {
+    // Before the state can be BUSY: a child forked while it is must find it reset.
+    os::register_fork_handlers();
     if FIRST_USE
         .compare_exchange(ON, BUSY, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
@@ -107,7 +110,8 @@ extern "C" fn first_use_hook() {
     // Never wait for the lock here: this thread may be the holder, interrupted by a signal
     // whose handler runs a site. Try again at the next run instead.
     let Some(lock) = os::try_patch_lock() else {
-        FIRST_USE.store(ON, Ordering::Release);
+        // Unless `apply_on_first_use(false)` came meanwhile.
+        let _ = FIRST_USE.compare_exchange(BUSY, ON, Ordering::AcqRel, Ordering::Acquire);
         return;
     };
     if let Err(e) = apply_locked(&lock) {
@@ -268,8 +272,9 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
 ///
 /// Until [`apply`] runs, the default runs out of line (one jump there and back). The first
 /// such run calls `apply` (unless [`apply_on_first_use`] turned that off), with every register,
-/// the flags, the extended state and the red zone kept, whatever the `asm!` options. `apply`
-/// replaces each site with its chosen code inline, live-safely. A replacement longer than the
+/// the flags, the extended state and the red zone kept, whatever the `asm!` options; that
+/// first run is not async-signal-safe (see [`apply_on_first_use`]). `apply` replaces each site
+/// with its chosen code inline, live-safely. A replacement longer than the
 /// default is refused when `apply` validates the table. Must be used inside `unsafe`, like
 /// `asm!`.
 #[macro_export]
@@ -362,8 +367,8 @@ fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
 /// ```
 ///
 /// Until then the static call's target is a resolver of the same signature, which calls
-/// [`apply`] (unless [`apply_on_first_use`] turned that off) and then the bound implementation,
-/// or the default if nothing could be applied.
+/// [`apply`] (unless [`apply_on_first_use`] turned that off; not async-signal-safe) and then the
+/// bound implementation, or the default if the call could not be bound.
 ///
 /// **Implementations built for a feature.** An entry written `"feature" => unsafe f` may name
 /// a `#[target_feature]` function (or an `unsafe fn`) of the same signature. `unsafe` is the
@@ -437,8 +442,11 @@ macro_rules! __multiversion_resolve {
         impl $name {
             #[doc(hidden)]
             pub $(extern $abi)? fn __textpoke_resolve($($p: $t),*) $(-> $ret)? {
-                if $crate::alternatives::first_use() {
-                    // Bound: `apply` retargeted the call (and every inline site) away from here.
+                if $crate::alternatives::first_use()
+                    && $crate::StaticCall::__core(&$name)
+                        .bound_away_from($name::__textpoke_resolve as usize)
+                {
+                    // `apply` retargeted the call (and every inline site) away from here.
                     $name.call($($p),*)
                 } else {
                     $default($($p),*)

@@ -58,6 +58,12 @@ impl CallCore {
         self.target.load(Ordering::Acquire) == NOOP
     }
 
+    /// Whether the call has been retargeted to a function other than `initial`, its
+    /// compiled-in target.
+    pub fn bound_away_from(&self, initial: usize) -> bool {
+        !matches!(self.target.load(Ordering::Acquire), t if t == INITIAL || t == NOOP || t == initial)
+    }
+
     /// The trampoline's current form.
     fn form(&self, site: &CallSite) -> TrampolineForm {
         match self.target.load(Ordering::Acquire) {

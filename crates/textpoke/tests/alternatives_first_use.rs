@@ -342,3 +342,19 @@ fn sites_already_holding_their_code_are_left_alone() {
         },
     );
 }
+
+#[test]
+fn a_resolver_still_bound_after_apply_calls_the_default() {
+    fresh(
+        "a_resolver_still_bound_after_apply_calls_the_default",
+        &[],
+        || {
+            apply().unwrap();
+            assert_eq!(PICK.call(4), 40 + expected());
+            // Bound back to its resolver (by hand here; a call in another object than the
+            // copy of textpoke that applied would stay there): it must not call itself.
+            PICK.update(PICK::__textpoke_resolve).unwrap();
+            assert_eq!(PICK.call(4), 41);
+        },
+    );
+}

@@ -13,8 +13,8 @@
 //! The site's `asm!` operands may live in any register (general, vector, mask) and the
 //! compiler may keep flags live across it (`preserves_flags`), so the stub saves all of them
 //! before it calls Rust code: general registers and flags by `push`, the extended state with
-//! `xsave64` (every component the OS enabled in XCR0, as glibc's lazy-binding trampoline does)
-//! or `fxsave64` where the OS does not support XSAVE. Once the hook has run (or while it runs
+//! `xsave64` (x87, SSE, AVX, MPX and AVX-512 state, as far as XCR0 enables them; the stack is
+//! grown a page at a time for it) or `fxsave64` where the OS does not support XSAVE. Once the hook has run (or while it runs
 //! on another thread), the stub returns after one compare, so a site that is never rewritten
 //! (the hook failed or is disarmed) costs a few cycles more than its default.
 
@@ -51,11 +51,41 @@ macro_rules! save_all_and_call {
             "cpuid",
             "bt ecx, 27",
             "jnc 3f",
-            // CPUID.(0Dh, 0):EBX: the XSAVE area's size for the components XCR0 enables.
-            "mov eax, 0xd",
+            // The components to save: those XCR0 enables among x87, SSE, AVX, MPX and
+            // AVX-512 (bits 0..8). PKRU and AMX are left out: the hook never changes them, and
+            // AMX tile data alone would take 8 KiB of stack.
             "xor ecx, ecx",
+            "xgetbv",
+            "movzx r9d, al",
+            // The area's size: the end of the last component saved (CPUID.(0Dh, i): EAX size,
+            // EBX offset in the standard format), at least the legacy area and the header.
+            "mov r8d, 576",
+            "mov esi, 2",
+            "5:",
+            "bt r9d, esi",
+            "jnc 6f",
+            "mov eax, 0xd",
+            "mov ecx, esi",
             "cpuid",
-            "sub rsp, rbx",
+            "add eax, ebx",
+            "cmp r8d, eax",
+            "cmovb r8d, eax",
+            "6:",
+            "inc esi",
+            "cmp esi, 8",
+            "jb 5b",
+            "mov ebx, r9d",
+            // Grow the stack a page at a time, touching each page, so that a guard page is met
+            // rather than stepped over.
+            "7:",
+            "cmp r8, 4096",
+            "jb 8f",
+            "sub rsp, 4096",
+            "or qword ptr [rsp], 0",
+            "sub r8, 4096",
+            "jmp 7b",
+            "8:",
+            "sub rsp, r8",
             "and rsp, -64",
             // XRSTOR faults unless the header's bytes 8..64 are zero, and XSAVE does not
             // write them.
@@ -63,12 +93,13 @@ macro_rules! save_all_and_call {
             "mov [rsp + 512], rax", "mov [rsp + 520], rax", "mov [rsp + 528], rax",
             "mov [rsp + 536], rax", "mov [rsp + 544], rax", "mov [rsp + 552], rax",
             "mov [rsp + 560], rax", "mov [rsp + 568], rax",
-            "mov eax, -1",
-            "mov edx, -1",
+            // The mask stays in ebx, which the hook preserves (C ABI).
+            "mov eax, ebx",
+            "xor edx, edx",
             "xsave64 [rsp]",
             "call {hook}",
-            "mov eax, -1",
-            "mov edx, -1",
+            "mov eax, ebx",
+            "xor edx, edx",
             "xrstor64 [rsp]",
             "jmp 4f",
             "3:",

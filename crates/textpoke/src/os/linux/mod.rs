@@ -22,6 +22,12 @@ pub fn patch_lock() -> PatchGuard {
     lock::patch_lock()
 }
 
+/// Registers the fork handlers (once), so that a child never inherits a held lock or this
+/// copy's per-process state.
+pub fn register_fork_handlers() {
+    fork::register_once();
+}
+
 /// Takes the process-wide patch lock if no one holds it, without waiting.
 pub fn try_patch_lock() -> Option<PatchGuard> {
     fork::register_once();
