@@ -110,8 +110,7 @@ extern "C" fn first_use_hook() {
     // Never wait for the lock here: this thread may be the holder, interrupted by a signal
     // whose handler runs a site. Try again at the next run instead.
     let Some(lock) = os::try_patch_lock() else {
-        // Unless `apply_on_first_use(false)` came meanwhile.
-        let _ = FIRST_USE.compare_exchange(BUSY, ON, Ordering::AcqRel, Ordering::Acquire);
+        rearm();
         return;
     };
     if let Err(e) = apply_locked(&lock) {
@@ -144,6 +143,12 @@ fn apply_locked(lock: &os::PatchGuard) -> Result<PatchStats> {
 
 /// A child forked while another thread was starting a first use must not wait for it forever.
 pub(crate) fn forget_after_fork() {
+    rearm();
+}
+
+/// Hands a first use that did not apply back to the next run: BUSY to ON, unless
+/// `apply_on_first_use(false)` or `apply` changed the state meanwhile.
+fn rearm() {
     let _ = FIRST_USE.compare_exchange(BUSY, ON, Ordering::AcqRel, Ordering::Acquire);
 }
 

@@ -68,11 +68,7 @@ pub fn patch_lock() -> PatchGuard {
 /// Takes the process-wide patch lock if it is free right now.
 pub fn try_patch_lock() -> Option<PatchGuard> {
     register_fork_handlers();
-    shared()
-        .lock
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .ok()
-        .map(|_| PatchGuard { _private: () })
+    try_lock_word(&shared().lock).then_some(PatchGuard { _private: () })
 }
 
 impl Drop for PatchGuard {
@@ -81,11 +77,14 @@ impl Drop for PatchGuard {
     }
 }
 
-fn lock_word(word: &AtomicU32) {
-    if word
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+/// Takes the lock word if it is free: free (0) to held (1).
+fn try_lock_word(word: &AtomicU32) -> bool {
+    word.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
         .is_ok()
-    {
+}
+
+fn lock_word(word: &AtomicU32) {
+    if try_lock_word(word) {
         return;
     }
     while word.swap(2, Ordering::Acquire) != 0 {
