@@ -65,7 +65,7 @@ pub fn applied() -> bool {
 /// alternative calls it (see [`apply_on_first_use`]). Call it early to choose when the code is
 /// written, and to see its error.
 pub fn apply() -> Result<PatchStats> {
-    apply_locked(&os::patch_lock())
+    apply_locked(&crate::engine::lock()?)
 }
 
 /// Whether the first run of a site not yet applied calls [`apply`] (the default) or leaves
@@ -109,7 +109,7 @@ extern "C" fn first_use_hook() {
     }
     // Never wait for the lock here: this thread may be the holder, interrupted by a signal
     // whose handler runs a site. Try again at the next run instead.
-    let Some(lock) = os::try_patch_lock() else {
+    let Some(lock) = crate::engine::try_lock() else {
         rearm();
         return;
     };
@@ -119,7 +119,7 @@ extern "C" fn first_use_hook() {
 }
 
 /// [`apply`], with the lock held.
-fn apply_locked(lock: &os::PatchGuard) -> Result<PatchStats> {
+fn apply_locked(lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
     // Applied or failed, a first use has nothing more to do.
     FIRST_USE.store(OFF, Ordering::Release);
     if applied() {
@@ -154,7 +154,7 @@ fn rearm() {
 
 /// The feature chosen at each site, in address order (validating the table on first use).
 pub fn choices() -> Result<Vec<(usize, String)>> {
-    let lock = os::patch_lock();
+    let lock = crate::engine::lock()?;
     alt_index(&lock)?
         .iter()
         .map(|site| Ok((site.addr, choose(site)?.feature.clone())))
@@ -163,7 +163,7 @@ pub fn choices() -> Result<Vec<(usize, String)>> {
 
 /// The code [`apply`] would write at each site, in address order. For tests.
 pub fn planned_code() -> Result<Vec<(usize, Vec<u8>)>> {
-    let lock = os::patch_lock();
+    let lock = crate::engine::lock()?;
     alt_index(&lock)?
         .iter()
         .map(|site| Ok((site.addr, site_poke(site)?.new.as_slice().to_vec())))
@@ -253,14 +253,14 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
         target: site.default,
     };
     debug_assert!(site.len >= JUMP_LABEL_LEN);
-    Ok(Poke {
-        addr: site.addr,
-        old: Code::new(&old).ok_or_else(too_long)?,
-        new: Code::new(&new).ok_or_else(too_long)?,
-        // A thread meeting the site mid-batch runs the default out of line, as it did before.
-        insn: Some(emulate),
-        undo: Some(emulate),
-    })
+    // A thread meeting the site mid-batch runs the default out of line, as it did before.
+    Ok(Poke::code(
+        site.addr,
+        Code::new(&old).ok_or_else(too_long)?,
+        Code::new(&new).ok_or_else(too_long)?,
+        emulate,
+        emulate,
+    ))
 }
 
 /// Instruction-level alternatives, like the kernel's `ALTERNATIVE()`: a default sequence and
@@ -320,7 +320,7 @@ pub static SELECT_OWNER: AtomicU8 = AtomicU8::new(0);
 
 /// Binds every function-level alternative ([`multiversion!`](crate::multiversion)) to its best implementation, in
 /// one batch. Called by [`apply`].
-fn select_all(lock: &os::PatchGuard) -> Result<PatchStats> {
+fn select_all(lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
     let table = crate::table::Table {
         name: "textpoke_select_v1",
         entry_size: 8,

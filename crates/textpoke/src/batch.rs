@@ -6,13 +6,18 @@ use crate::Result;
 use crate::call::{CallCore, CallPlan, NoopCall, StaticCall};
 use crate::engine::{self, PatchStats, Poke};
 use crate::key::{KeyCore, KeyPlan, StaticKey};
-use crate::os;
 
 /// Pokes of the batch being built, reused across batches (only touched under the patch lock):
 /// a fresh vector per batch would fault in fresh pages for large batches.
 pub(crate) fn pokes_scratch() -> MutexGuard<'static, Vec<Poke>> {
-    static POKES: Mutex<Vec<Poke>> = Mutex::new(Vec::new());
     POKES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static POKES: Mutex<Vec<Poke>> = Mutex::new(Vec::new());
+
+/// Frees the scratch vector (this copy's object is being unloaded).
+pub(crate) fn release() {
+    drop(std::mem::take(&mut *pokes_scratch()));
 }
 
 /// Several key changes and static-call updates applied as one batch: one validation pass, three
@@ -77,12 +82,12 @@ impl<'a> Batch<'a> {
     /// Applies every change as one batch: every site of every key and every trampoline, or
     /// none of them. A key or call named more than once gets its last change.
     pub fn commit(self) -> Result<PatchStats> {
-        let lock = os::patch_lock();
+        let lock = crate::engine::lock()?;
         self.commit_locked(&lock)
     }
 
     /// `commit`, for a caller that already holds the patch lock.
-    pub(crate) fn commit_locked(self, lock: &os::PatchGuard) -> Result<PatchStats> {
+    pub(crate) fn commit_locked(self, lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
         let mut pokes = pokes_scratch();
         pokes.clear();
         let keys = KeyPlan::new(&self.changes);

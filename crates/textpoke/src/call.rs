@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use crate::arch::{CALL_LEN, Insn, TRAMPOLINE_PATCH_LEN, TrampolineForm, call_code};
 use crate::engine::{Code, Poke};
-use crate::os::{PatchGuard, TextMap};
+use crate::engine::PatchGuard;
+use crate::os::TextMap;
 use crate::table::call::{CallSite, call_index};
 use crate::{Error, Location, Result};
 
@@ -246,13 +247,11 @@ impl<'a> CallPlan<'a> {
                 // SAFETY: the slot lies inside the trampoline, which table validation placed in
                 // an executable, mapped segment; it is read as plain data.
                 let old = unsafe { std::slice::from_raw_parts(addr as *const u8, bytes.len()) };
-                pokes.push(Poke {
+                pokes.push(Poke::data(
                     addr,
-                    old: Code::new(old).expect("8 bytes fit"),
-                    new: Code::new(&bytes).expect("8 bytes fit"),
-                    insn: None,
-                    undo: None,
-                });
+                    Code::new(old).expect("8 bytes fit"),
+                    Code::new(&bytes).expect("8 bytes fit"),
+                ));
             }
             let code = |form: TrampolineForm| {
                 form.code(tramp).ok_or_else(|| Error::OutOfRange {
@@ -261,13 +260,13 @@ impl<'a> CallPlan<'a> {
                     len: TRAMPOLINE_PATCH_LEN,
                 })
             };
-            pokes.push(Poke {
-                addr: tramp,
-                old: code(from)?,
-                new: code(to)?,
-                insn: Some(to.insn()),
-                undo: Some(from.insn()),
-            });
+            pokes.push(Poke::code(
+                tramp,
+                code(from)?,
+                code(to)?,
+                to.insn(),
+                from.insn(),
+            ));
             for site in index.inline_sites(core.addr()) {
                 let (old, new) = (site_target(site, from, tramp), site_target(site, to, tramp));
                 if old != new {
@@ -289,7 +288,7 @@ impl<'a> CallPlan<'a> {
 
 /// Address of `call`'s trampoline (validating the call table on first use).
 pub fn trampoline_of<C: StaticCall>(call: &C) -> Result<usize> {
-    let lock = crate::os::patch_lock();
+    let lock = crate::engine::lock()?;
     let core = call.__core().addr();
     call_index(&lock)?
         .find(core)
@@ -322,24 +321,24 @@ fn inline_poke(site: usize, old: usize, new: usize) -> Result<Poke> {
             len: CALL_LEN,
         })
     };
-    Ok(Poke {
-        addr: site,
-        old: code(old)?,
-        new: code(new)?,
-        insn: Some(Insn::Call {
+    Ok(Poke::code(
+        site,
+        code(old)?,
+        code(new)?,
+        Insn::Call {
             target: new,
             len: CALL_LEN as u8,
-        }),
-        undo: Some(Insn::Call {
+        },
+        Insn::Call {
             target: old,
             len: CALL_LEN as u8,
-        }),
-    })
+        },
+    ))
 }
 
 /// Addresses of `call`'s inline call sites (validating the call tables on first use).
 pub fn inline_sites_of<C: StaticCall>(call: &C) -> Result<Vec<usize>> {
-    let lock = crate::os::patch_lock();
+    let lock = crate::engine::lock()?;
     Ok(call_index(&lock)?
         .inline_sites(call.__core().addr())
         .collect())

@@ -178,6 +178,16 @@ pub enum Error {
         /// The error the kernel returned.
         errno: rustix::io::Errno,
     },
+    /// This copy of textpoke cannot work with the process's patcher: the copy of textpoke,
+    /// in another loaded object, that serializes every batch in the process (see the crate
+    /// docs on one patcher per process).
+    #[error("cannot join the process's textpoke patcher in {object}: {why}")]
+    Rendezvous {
+        /// The object that holds the patcher.
+        object: String,
+        /// Why.
+        why: String,
+    },
     /// Patching failed part-way and could not be rolled back. The breakpoint handler stays
     /// armed for the affected sites, so threads remain safe, but the named site is damaged.
     #[error("patching failed at {site} and could not be rolled back: {why}")]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
 use crate::engine::{self, PatchStats, Poke};
-use crate::os::{self, PatchGuard};
+use crate::engine::PatchGuard;
 use crate::table::jump::{JumpSite, jump_index};
 use crate::{Error, Location, Result};
 
@@ -125,7 +125,7 @@ impl<const INIT: bool> StaticKey<INIT> {
                     Err(now) => v = now,
                 }
             }
-            let lock = os::patch_lock();
+            let lock = crate::engine::lock()?;
             // Under the lock the count leaves 0 only here; concurrent fast paths need it
             // positive. If another thread enabled the key meanwhile, count up instead.
             if count.load(Ordering::Acquire) == 0 {
@@ -147,7 +147,7 @@ impl<const INIT: bool> StaticKey<INIT> {
                 Err(now) => v = now,
             }
         }
-        let lock = os::patch_lock();
+        let lock = crate::engine::lock()?;
         loop {
             match count.load(Ordering::Acquire) {
                 0 => {
@@ -181,7 +181,7 @@ impl<const INIT: bool> StaticKey<INIT> {
 
     /// Addresses of this key's sites (validating the table on first use).
     pub fn sites(&self) -> Result<Vec<usize>> {
-        let lock = os::patch_lock();
+        let lock = crate::engine::lock()?;
         let index = jump_index(&lock)?;
         Ok(index
             .sites_of(self.core.addr())
@@ -215,13 +215,13 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
             }
         })
     };
-    Ok(Poke {
-        addr: site.addr,
-        old: code(from)?,
-        new: code(to)?,
-        insn: Some(insn(site, to)),
-        undo: Some(insn(site, from)),
-    })
+    Ok(Poke::code(
+        site.addr,
+        code(from)?,
+        code(to)?,
+        insn(site, to),
+        insn(site, from),
+    ))
 }
 
 /// Adds the pokes that move every site of each key from its `from` state to its `to` state.

@@ -82,14 +82,27 @@ pub mod __private {
     pub use crate::alt::planned_code as planned_alt_code;
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::call::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
-    pub use crate::engine::{MERGE_GAP, read_code, trap_counts};
-    pub use crate::os::{loaded_objects, lock_shared_state_addr};
+    pub use crate::engine::{MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts};
+    pub use crate::os::loaded_objects;
     pub use crate::table::jump::jump_table_bytes;
 
     /// The compile-time initial state of a key, for the site macros.
     pub const fn initial_state<const I: bool>(_key: &crate::StaticKey<I>) -> bool {
         I
     }
+}
+
+/// Frees this copy's heap state: its object is being unloaded.
+///
+/// # Safety
+///
+/// None of this copy's code runs again (its object is being unloaded).
+pub(crate) unsafe fn release_on_unload() {
+    // SAFETY: the caller's guarantee.
+    unsafe { table::release_all() };
+    batch::release();
+    engine::release();
+    os::release();
 }
 
 /// `true` when `key` is enabled; compiled as one 5-byte NOP (disabled) or JMP (enabled), with

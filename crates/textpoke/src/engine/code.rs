@@ -3,8 +3,10 @@
 /// Longest instruction sequence one patch may replace.
 pub const MAX_CODE: usize = 32;
 
-/// Up to [`MAX_CODE`] bytes of machine code.
+/// Up to [`MAX_CODE`] bytes of machine code. Its layout is part of the `v1` rendezvous (see
+/// [`Poke`](super::Poke)).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C)]
 pub struct Code {
     len: u8,
     bytes: [u8; MAX_CODE],

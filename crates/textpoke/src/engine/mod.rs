@@ -12,24 +12,29 @@
 //! 3. withdraws the batch and waits until no trap handler still reads it.
 
 mod code;
+pub(crate) mod patcher;
 mod runs;
 mod trap;
 
 pub use code::{Code, MAX_CODE};
 pub use runs::MERGE_GAP;
 use runs::Run;
-pub use trap::{on_breakpoint, register_sites, trap_counts};
+pub use patcher::{PatchGuard, lock, patcher_id, register_sites, trap_counts, try_lock};
+pub use trap::on_breakpoint;
 
 pub(crate) use trap::forget_after_fork;
 
-use crate::arch::{BREAKPOINT, Insn};
+use crate::arch::{BREAKPOINT, Insn, WireInsn};
 use std::sync::Mutex;
 
-use crate::os::{self, PatchGuard};
+use crate::os;
 use crate::{CodeBytes, Error, Location, Result};
 
-/// One site's change.
+/// One site's change. Its layout is part of the `v1` rendezvous: a copy of textpoke that is
+/// not the process's patcher hands its batches, as arrays of these, to the one that is (see
+/// [`patcher`]). Frozen: never change a field.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct Poke {
     /// Site address.
     pub addr: usize,
@@ -37,16 +42,62 @@ pub struct Poke {
     pub old: Code,
     /// Bytes to write; same length as `old`.
     pub new: Code,
-    /// What a thread that hits the site mid-batch is made to execute: `new`, decoded. `None`
-    /// for data in a text segment that no thread executes or reads while the batch runs (a
-    /// far-jump slot not yet in use): it is written without a breakpoint, in the first phase.
-    pub insn: Option<Insn>,
+    /// What a thread that hits the site mid-batch is made to execute: `new`, decoded. None for
+    /// data in a text segment that no thread executes or reads while the batch runs (a far-jump
+    /// slot not yet in use): it is written without a breakpoint, in the first phase.
+    insn: WireInsn,
     /// `old`, decoded: what trapped threads are given while a failed batch is rolled back.
-    pub undo: Option<Insn>,
+    undo: WireInsn,
+}
+
+impl Poke {
+    /// A change of code that threads may be executing: `insn` is `new` decoded, `undo` is `old`
+    /// decoded.
+    pub fn code(addr: usize, old: Code, new: Code, insn: Insn, undo: Insn) -> Self {
+        Poke {
+            addr,
+            old,
+            new,
+            insn: WireInsn::of(Some(insn)),
+            undo: WireInsn::of(Some(undo)),
+        }
+    }
+
+    /// A change of data in a text segment that no thread reads while the batch runs.
+    pub fn data(addr: usize, old: Code, new: Code) -> Self {
+        Poke {
+            addr,
+            old,
+            new,
+            insn: WireInsn::NONE,
+            undo: WireInsn::NONE,
+        }
+    }
+
+    /// Whether the poke changes code (written with the breakpoint protocol).
+    pub fn is_code(&self) -> bool {
+        self.insn.is_some()
+    }
+
+    /// What a trapped thread is given while the batch is written.
+    fn insn(&self) -> Option<Insn> {
+        self.insn.get().ok().flatten()
+    }
+
+    /// What a trapped thread is given while a failed batch is rolled back.
+    fn undo(&self) -> Option<Insn> {
+        self.undo.get().ok().flatten()
+    }
+
+    /// The first instruction kind neither this version nor the poke's maker should have used.
+    fn unknown_kind(&self) -> Option<u8> {
+        self.insn.get().err().or(self.undo.get().err())
+    }
 }
 
 /// What a committed batch cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct PatchStats {
     /// Sites whose bytes changed.
     pub sites: usize,
@@ -58,9 +109,20 @@ pub struct PatchStats {
 
 static SCRATCH: Mutex<Option<Scratch>> = Mutex::new(None);
 
-/// Applies `pokes` as one transaction. See the module docs for the protocol. `pokes` is left
-/// sorted and without no-op entries; callers may reuse its allocation.
-pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
+/// Frees the scratch buffers (this copy's object is being unloaded).
+pub(crate) fn release() {
+    drop(SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).take());
+}
+
+/// Applies `pokes` as one transaction, through the process's one patcher (this copy of
+/// textpoke or another: see [`patcher`]). See the module docs for the protocol. `pokes` may be
+/// reordered; callers may reuse its allocation.
+pub fn patch(lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
+    patcher::patch(lock, pokes)
+}
+
+/// [`patch`], by this copy's own engine: this copy is the process's patcher.
+fn patch_here(_lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
     if trap::poisoned() {
         return Err(Error::Inconsistent {
             site: Location::of(pokes.first().map_or(0, |p| p.addr)),
@@ -68,7 +130,15 @@ pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
                 .into(),
         });
     }
-    pokes.retain(|p| p.old != p.new);
+    // Drop the pokes that change nothing, keeping the rest at the front.
+    let mut kept = 0;
+    for i in 0..pokes.len() {
+        if pokes[i].old != pokes[i].new {
+            pokes.swap(kept, i);
+            kept += 1;
+        }
+    }
+    let pokes = &mut pokes[..kept];
     if pokes.is_empty() {
         return Ok(PatchStats::default());
     }
@@ -79,7 +149,7 @@ pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
     runs::plan(pokes, &scratch.segments, &mut scratch.runs);
     os::prepare_for_patching()?;
 
-    let flight = trap::publish(pokes, |p| p.insn);
+    let flight = trap::publish(pokes, Poke::insn);
     let mut stats = PatchStats {
         sites: pokes.len(),
         ..PatchStats::default()
@@ -90,7 +160,7 @@ pub fn patch(_lock: &PatchGuard, pokes: &mut Vec<Poke>) -> Result<PatchStats> {
             Ok(stats)
         }
         Err(e) => {
-            let flight = trap::republish(flight, pokes, |p| p.undo);
+            let flight = trap::republish(flight, pokes, Poke::undo);
             match roll_back(pokes, scratch, &mut stats) {
                 Ok(()) => {
                     trap::withdraw(flight);
@@ -125,7 +195,16 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
     let mut text = os::TextMap::new();
     let mut last: Option<os::Segment> = None;
     for p in pokes {
-        let min = if p.insn.is_some() {
+        if let Some(kind) = p.unknown_kind() {
+            return Err(Error::BadTable {
+                table: "(engine)",
+                why: format!(
+                    "patch at {:#x} asks for emulation of an unknown instruction kind {kind}",
+                    p.addr
+                ),
+            });
+        }
+        let min = if p.is_code() {
             BREAKPOINT.len()
         } else {
             1
@@ -176,7 +255,7 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
 
 /// Reads `len` bytes at `addr`, if they lie in one segment of a loaded object.
 pub fn read_code(addr: usize, len: usize) -> Option<Vec<u8>> {
-    let _lock = os::patch_lock();
+    let _lock = lock().ok()?;
     let object = os::object_containing(addr, len)?;
     if !object
         .segments
@@ -237,7 +316,7 @@ fn protocol(
     stats: &mut PatchStats,
 ) -> Result<()> {
     let head = BREAKPOINT.len();
-    let code = |p: &Poke| p.insn.is_some();
+    let code = |p: &Poke| p.is_code();
     write_phase(
         pokes,
         scratch,

@@ -83,13 +83,7 @@ mod tests {
 
     fn poke(addr: usize) -> Poke {
         let c = Code::new(&[0x90; 5]).unwrap();
-        Poke {
-            addr,
-            old: c,
-            new: c,
-            insn: Some(Insn::Nop { len: 5 }),
-            undo: Some(Insn::Nop { len: 5 }),
-        }
+        Poke::code(addr, c, c, Insn::Nop { len: 5 }, Insn::Nop { len: 5 })
     }
 
     #[test]

@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use super::Poke;
 use crate::arch::{self, Insn, Regs};
-use crate::os::PatchGuard;
-use crate::{Error, Result};
 
 /// The batch in flight, sorted by address.
 pub(super) struct Flight {
@@ -39,8 +37,10 @@ static FLIGHT: AtomicPtr<Flight> = AtomicPtr::new(std::ptr::null_mut());
 /// Handlers currently reading `FLIGHT`.
 static READERS: AtomicUsize = AtomicUsize::new(0);
 
-const REGISTRY_SLOTS: usize = 64;
-/// Sorted, leaked address arrays; a slot is written once (length first, then pointer).
+/// Site arrays the registry can hold: a few per loaded object that uses textpoke.
+pub(super) const REGISTRY_SLOTS: usize = 256;
+/// Sorted address arrays, each valid until unregistered; a slot is filled length first, then
+/// pointer, and emptied pointer first.
 static REGISTRY_PTR: [AtomicPtr<usize>; REGISTRY_SLOTS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; REGISTRY_SLOTS];
 static REGISTRY_LEN: [AtomicUsize; REGISTRY_SLOTS] =
@@ -138,31 +138,40 @@ pub(super) fn poisoned() -> bool {
     POISONED.load(Ordering::SeqCst)
 }
 
-/// Registers `addrs` (sorted) as sites textpoke may patch, for the lifetime of the process.
-pub fn register_sites(_lock: &PatchGuard, addrs: &'static [usize]) -> Result<()> {
-    debug_assert!(addrs.is_sorted());
+/// Registers `n` sorted addresses at `addrs` as sites textpoke may patch. The caller holds
+/// the patch lock and keeps the array valid until [`unregister`] returns. False when full.
+pub(super) fn register(addrs: *const usize, n: usize) -> bool {
     for (ptr, len) in REGISTRY_PTR.iter().zip(&REGISTRY_LEN) {
         if ptr.load(Ordering::Relaxed).is_null() {
-            len.store(addrs.len(), Ordering::Relaxed);
-            ptr.store(addrs.as_ptr().cast_mut(), Ordering::Release);
-            return Ok(());
+            len.store(n, Ordering::SeqCst);
+            ptr.store(addrs.cast_mut(), Ordering::SeqCst);
+            return true;
         }
     }
-    Err(Error::BadTable {
-        table: "(engine)",
-        why: format!("more than {REGISTRY_SLOTS} site tables registered"),
-    })
+    false
+}
+
+/// Forgets the array registered at `addrs`; when this returns no trap handler reads it. The
+/// caller holds the patch lock.
+pub(super) fn unregister(addrs: *const usize) {
+    for ptr in &REGISTRY_PTR {
+        if std::ptr::eq(ptr.load(Ordering::Relaxed), addrs) {
+            ptr.store(std::ptr::null_mut(), Ordering::SeqCst);
+        }
+    }
+    wait_for_readers();
 }
 
 fn registered(addr: usize) -> bool {
     for (ptr, len) in REGISTRY_PTR.iter().zip(&REGISTRY_LEN) {
-        let p = ptr.load(Ordering::Acquire);
+        let p = ptr.load(Ordering::SeqCst);
         if p.is_null() {
-            return false;
+            continue;
         }
-        // SAFETY: a non-null slot points to a leaked array of the stored length, published
-        // with Release after the length.
-        let addrs = unsafe { std::slice::from_raw_parts(p, len.load(Ordering::Relaxed)) };
+        // SAFETY: a non-null slot points to an array of the stored length (stored before the
+        // pointer), which stays valid until `unregister`, and that waits for this handler,
+        // counted in READERS.
+        let addrs = unsafe { std::slice::from_raw_parts(p, len.load(Ordering::SeqCst)) };
         if addrs.binary_search(&addr).is_ok() {
             return true;
         }
@@ -178,16 +187,27 @@ fn registered(addr: usize) -> bool {
 ///
 /// `regs` must be the saved state of the trapped thread (see [`arch::emulate`]).
 pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
+    // Counted in for the whole lookup: the flight and the registered arrays are freed only
+    // once READERS is zero.
+    READERS.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: the caller's guarantee.
+    let ours = unsafe { lookup(regs) };
+    READERS.fetch_sub(1, Ordering::SeqCst);
+    ours
+}
+
+/// # Safety
+///
+/// As [`on_breakpoint`], with the caller counted in READERS.
+unsafe fn lookup(regs: &mut Regs) -> bool {
     let addr = arch::trap_address(regs.pc);
     let generation = GENERATION.load(Ordering::SeqCst);
-    READERS.fetch_add(1, Ordering::SeqCst);
     let flight = FLIGHT.load(Ordering::SeqCst);
-    // SAFETY: a published flight is freed only after READERS drops to zero, and we counted
-    // ourselves in before loading it.
+    // SAFETY: a published flight is freed only after READERS drops to zero, and we are counted
+    // in.
     let insn = (!flight.is_null())
         .then(|| unsafe { (*flight).find(addr) })
         .flatten();
-    READERS.fetch_sub(1, Ordering::SeqCst);
     if let Some(insn) = insn {
         // SAFETY: the caller's guarantee, and `insn` is what the site is becoming.
         unsafe { arch::emulate(insn, addr, regs) };
@@ -197,8 +217,9 @@ pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
     if !registered(addr) {
         return false;
     }
-    // SAFETY: a registered site lies in an executable segment of a loaded object, which is
-    // mapped readable; the bytes are read as plain data.
+    // SAFETY: a registered site lies in an executable segment of a loaded object (its object
+    // unregisters it, waiting for us, before it is unmapped), which is mapped readable; the
+    // bytes are read as plain data.
     let now = unsafe { std::slice::from_raw_parts(addr as *const u8, arch::BREAKPOINT.len()) };
     let settled = generation.is_multiple_of(2) && GENERATION.load(Ordering::SeqCst) == generation;
     if now == arch::BREAKPOINT && settled {

@@ -6,10 +6,8 @@
 //! are contiguous and in priority order, the default last.
 
 use std::ffi::CStr;
-use std::sync::OnceLock;
-
-use super::Table;
-use crate::os::PatchGuard;
+use super::{IndexCell, Table};
+use crate::engine::{self, PatchGuard};
 use crate::{Error, Location, Result};
 
 /// Name of the section holding alternatives.
@@ -56,12 +54,12 @@ pub struct AltSite {
     pub candidates: Vec<Candidate>,
 }
 
-static INDEX: OnceLock<Result<Vec<AltSite>>> = OnceLock::new();
+pub(super) static INDEX: IndexCell<Result<Vec<AltSite>>> = IndexCell::new();
 
 /// Every alternative site, sorted by address, validated on first use.
 pub(crate) fn alt_index(lock: &PatchGuard) -> Result<&'static [AltSite]> {
     INDEX
-        .get_or_init(|| build(lock))
+        .get_or_init(lock, || build(lock))
         .as_ref()
         .map(Vec::as_slice)
         .map_err(Clone::clone)
@@ -125,8 +123,7 @@ fn build(lock: &PatchGuard) -> Result<Vec<AltSite>> {
     sites.sort_by_key(|s| s.addr);
     let extents: Vec<(usize, usize)> = sites.iter().map(|s| (s.addr, s.len)).collect();
     table.check_overlaps(&extents)?;
-    let addrs: &'static [usize] = Vec::leak(sites.iter().map(|s| s.addr).collect());
-    crate::engine::register_sites(lock, addrs)?;
+    engine::register_sites(lock, sites.iter().map(|s| s.addr).collect())?;
     Ok(sites)
 }
 

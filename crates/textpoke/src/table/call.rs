@@ -5,12 +5,10 @@
 //! `textpoke_callsite_v1` has one 8-byte entry per inline call site (a `call rel32` that
 //! textpoke emitted itself): the site and the call's state.
 
-use std::sync::OnceLock;
-
-use super::Table;
+use super::{IndexCell, Table};
 use crate::arch::{CALL_LEN, TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 use crate::call::CallCore;
-use crate::os::PatchGuard;
+use crate::engine::{self, PatchGuard};
 use crate::{Error, Location, Result};
 
 /// Name of the section holding static-call entries.
@@ -75,12 +73,12 @@ impl CallIndex {
     }
 }
 
-static INDEX: OnceLock<Result<CallIndex>> = OnceLock::new();
+pub(super) static INDEX: IndexCell<Result<CallIndex>> = IndexCell::new();
 
 /// The index, built and validated on first use.
 pub(crate) fn call_index(lock: &PatchGuard) -> Result<&'static CallIndex> {
     INDEX
-        .get_or_init(|| build(lock))
+        .get_or_init(lock, || build(lock))
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -133,8 +131,7 @@ fn build(lock: &PatchGuard) -> Result<CallIndex> {
         .map(|c| (c.trampoline, TRAMPOLINE_LEN))
         .collect();
     table.check_overlaps(&extents)?;
-    let addrs: &'static [usize] = Vec::leak(calls.iter().map(|c| c.trampoline).collect());
-    crate::engine::register_sites(lock, addrs)?;
+    engine::register_sites(lock, calls.iter().map(|c| c.trampoline).collect())?;
     calls.sort_unstable_by_key(|c| c.core);
     if let Some(pair) = calls.windows(2).find(|p| p[0].core == p[1].core) {
         return Err(Error::BadTable {
@@ -179,8 +176,7 @@ fn build_inline(lock: &PatchGuard, calls: &[CallSite]) -> Result<Vec<(usize, usi
     sites.sort_unstable_by_key(|&(_, site)| site);
     let extents: Vec<(usize, usize)> = sites.iter().map(|&(_, s)| (s, CALL_LEN)).collect();
     table.check_overlaps(&extents)?;
-    let addrs: &'static [usize] = Vec::leak(sites.iter().map(|&(_, s)| s).collect());
-    crate::engine::register_sites(lock, addrs)?;
+    engine::register_sites(lock, sites.iter().map(|&(_, s)| s).collect())?;
     sites.sort_unstable();
     Ok(sites)
 }

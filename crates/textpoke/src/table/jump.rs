@@ -4,12 +4,10 @@
 //! target, and the key plus flags (bit 0: `likely` site; bits 1-2 reserved and zero; keys are
 //! 8-aligned).
 
-use std::sync::OnceLock;
-
-use super::Table;
+use super::{IndexCell, Table};
 use crate::arch::JUMP_LABEL_LEN;
 use crate::key::KeyCore;
-use crate::os::{self, PatchGuard};
+use crate::engine::{self, PatchGuard};
 use crate::{Error, Result};
 
 /// Name of the section holding static-branch entries.
@@ -69,13 +67,13 @@ impl JumpIndex {
     }
 }
 
-static INDEX: OnceLock<Result<JumpIndex>> = OnceLock::new();
+pub(super) static INDEX: IndexCell<Result<JumpIndex>> = IndexCell::new();
 
 /// The index, built and validated on first use. A table that fails validation fails every
 /// later call the same way.
 pub(crate) fn jump_index(lock: &PatchGuard) -> Result<&'static JumpIndex> {
     INDEX
-        .get_or_init(|| build(lock, table_bounds()))
+        .get_or_init(lock, || build(lock, table_bounds()))
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -125,8 +123,7 @@ fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<JumpIndex> 
     sites.sort_unstable_by_key(|s| s.addr);
     let extents: Vec<(usize, usize)> = sites.iter().map(|s| (s.addr, JUMP_LABEL_LEN)).collect();
     table.check_overlaps(&extents)?;
-    let addrs: &'static [usize] = Vec::leak(sites.iter().map(|s| s.addr).collect());
-    crate::engine::register_sites(lock, addrs)?;
+    engine::register_sites(lock, sites.iter().map(|s| s.addr).collect())?;
     sites.sort_unstable_by_key(|s| (s.key, s.addr));
     Ok(JumpIndex { sites })
 }
@@ -139,7 +136,7 @@ pub fn jump_table_bytes() -> usize {
 
 /// Validates the table and lists every site.
 pub fn jump_sites() -> Result<Vec<JumpSite>> {
-    let lock = os::patch_lock();
+    let lock = engine::lock()?;
     let mut sites = jump_index(&lock)?.all().to_vec();
     sites.sort_unstable_by_key(|s| s.addr);
     Ok(sites)

@@ -10,8 +10,63 @@ pub mod alt;
 pub mod call;
 pub mod jump;
 
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::engine::PatchGuard;
 use crate::os::{self, Object};
 use crate::{Error, Location, Result};
+
+/// A table's index, built under the patch lock on first use and freed when the object that
+/// holds this copy of textpoke is unloaded (a `OnceLock` cannot be emptied).
+pub(crate) struct IndexCell<T> {
+    ptr: AtomicPtr<T>,
+}
+
+impl<T> IndexCell<T> {
+    pub const fn new() -> Self {
+        IndexCell {
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The index, built by `build` if this is the first use. The lock makes the builder unique.
+    pub fn get_or_init(&'static self, _lock: &PatchGuard, build: impl FnOnce() -> T) -> &'static T {
+        let mut p = self.ptr.load(Ordering::Acquire);
+        if p.is_null() {
+            p = Box::into_raw(Box::new(build()));
+            self.ptr.store(p, Ordering::Release);
+        }
+        // SAFETY: a stored pointer is a leaked box, freed only by `release`.
+        unsafe { &*p }
+    }
+
+    /// Frees the index.
+    ///
+    /// # Safety
+    ///
+    /// No reference returned by `get_or_init` is used again (the object is being unloaded).
+    pub unsafe fn release(&self) {
+        let p = self.ptr.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            // SAFETY: the caller's guarantee; `p` came from `Box::into_raw`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+/// Frees every table index of this copy.
+///
+/// # Safety
+///
+/// As [`IndexCell::release`].
+pub(crate) unsafe fn release_all() {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        jump::INDEX.release();
+        call::INDEX.release();
+        alt::INDEX.release();
+    }
+}
 
 /// A table section's bounds and entry size.
 pub(crate) struct Table {

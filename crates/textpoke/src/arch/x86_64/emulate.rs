@@ -35,6 +35,80 @@ pub enum Insn {
     Ret,
 }
 
+/// An [`Insn`] (or none) in the frozen layout of the `v1` rendezvous: a copy of textpoke in a
+/// plugin hands its batches to the process's patcher, which may be another version. Never
+/// change a field or a kind's number; a new kind gets a new number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct WireInsn {
+    kind: u8,
+    len: u8,
+    cc: u8,
+    _reserved: [u8; 5],
+    target: usize,
+}
+
+const WIRE_NONE: u8 = 0;
+const WIRE_NOP: u8 = 1;
+const WIRE_JMP: u8 = 2;
+const WIRE_CALL: u8 = 3;
+const WIRE_JCC: u8 = 4;
+const WIRE_RET: u8 = 5;
+
+impl WireInsn {
+    /// No instruction: the poke is data that no thread executes.
+    pub const NONE: WireInsn = WireInsn::raw(WIRE_NONE, 0, 0, 0);
+
+    const fn raw(kind: u8, len: u8, cc: u8, target: usize) -> Self {
+        WireInsn {
+            kind,
+            len,
+            cc,
+            _reserved: [0; 5],
+            target,
+        }
+    }
+
+    /// The wire form of `insn`.
+    pub const fn of(insn: Option<Insn>) -> Self {
+        match insn {
+            None => Self::NONE,
+            Some(Insn::Nop { len }) => Self::raw(WIRE_NOP, len, 0, 0),
+            Some(Insn::Jmp { target }) => Self::raw(WIRE_JMP, 0, 0, target),
+            Some(Insn::Call { target, len }) => Self::raw(WIRE_CALL, len, 0, target),
+            Some(Insn::Jcc { cc, target, len }) => Self::raw(WIRE_JCC, len, cc, target),
+            Some(Insn::Ret) => Self::raw(WIRE_RET, 0, 0, 0),
+        }
+    }
+
+    /// Whether this names an instruction (a kind this version knows or not).
+    pub fn is_some(&self) -> bool {
+        self.kind != WIRE_NONE
+    }
+
+    /// The instruction; `Err(kind)` for a kind this version does not know.
+    pub fn get(&self) -> Result<Option<Insn>, u8> {
+        Ok(Some(match self.kind {
+            WIRE_NONE => return Ok(None),
+            WIRE_NOP => Insn::Nop { len: self.len },
+            WIRE_JMP => Insn::Jmp {
+                target: self.target,
+            },
+            WIRE_CALL => Insn::Call {
+                target: self.target,
+                len: self.len,
+            },
+            WIRE_JCC if self.cc < 16 => Insn::Jcc {
+                cc: self.cc,
+                target: self.target,
+                len: self.len,
+            },
+            WIRE_RET => Insn::Ret,
+            other => return Err(other),
+        }))
+    }
+}
+
 /// The registers of a trapped thread that emulation reads or changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Regs {

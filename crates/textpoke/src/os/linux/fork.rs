@@ -1,16 +1,14 @@
 //! Keeping per-process state right across `fork()`.
 //!
 //! The child has a new address space: the `/proc/self/mem` handle, the membarrier registration
-//! and any in-progress trap bookkeeping belong to the parent. The patch lock is taken around
-//! `fork()` so that a child never starts with a half-done batch.
+//! and any in-progress trap bookkeeping belong to the parent.
 
 use std::sync::Once;
 
-/// Registers the fork handlers once per copy of textpoke in the process.
+/// Registers this copy's fork handler once.
 pub fn register_once() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        super::lock::register_fork_handlers();
         // SAFETY: `child` only stores to atomics, which is async-signal-safe, as the child side
         // of `pthread_atfork` requires.
         unsafe { libc::pthread_atfork(None, None, Some(child)) };

@@ -1,37 +1,26 @@
 //! Linux implementation of the OS services.
 
 mod fork;
-mod lock;
+pub(crate) mod lock;
 mod mem;
 mod objects;
+mod rendezvous;
 mod signal;
 mod sync;
 mod threads;
 
-pub use lock::{PatchGuard, lock_shared_state_addr};
 pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
+pub(crate) use rendezvous::rendezvous_note;
+pub use rendezvous::{first_rendezvous, pin_object_of};
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, threads_blocking_sigtrap};
 
-/// Takes the process-wide patch lock. The first call also registers the fork handlers, so that
-/// a child never inherits a held lock or this copy's per-process state.
-pub fn patch_lock() -> PatchGuard {
-    fork::register_once();
-    lock::patch_lock()
-}
-
-/// Registers the fork handlers (once), so that a child never inherits a held lock or this
-/// copy's per-process state.
+/// Registers this copy's fork handler (once), so that a child never keeps this copy's
+/// per-process state.
 pub fn register_fork_handlers() {
     fork::register_once();
-}
-
-/// Takes the process-wide patch lock if no one holds it, without waiting.
-pub fn try_patch_lock() -> Option<PatchGuard> {
-    fork::register_once();
-    lock::try_patch_lock()
 }
 
 /// Makes everything a batch needs ready: the trap handler, core serialization, the writer.
@@ -39,4 +28,16 @@ pub fn try_patch_lock() -> Option<PatchGuard> {
 pub fn prepare_for_patching() -> crate::Result<()> {
     prepare_core_sync()?;
     ensure_trap_handler()
+}
+
+/// Frees cached state (this copy's object is being unloaded).
+pub fn release() {
+    objects::release();
+}
+
+/// Registers a function to run when the process exits (`atexit`), before any object's
+/// destructors. Only for functions in objects that are never unloaded.
+pub fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `atexit` only records the function pointer.
+    unsafe { libc::atexit(f) };
 }

@@ -59,9 +59,15 @@ impl Object {
     }
 }
 
-/// Only used under the patch lock, which is held across `fork()`, so a child never inherits
-/// this mutex locked.
-static CACHE: Mutex<Option<Arc<Vec<Object>>>> = Mutex::new(None);
+/// The loader's (loads, unloads) counts when it was made, and the map. Only used under the
+/// patch lock, which is held across `fork()`, so a child never inherits this mutex locked.
+type Cache = Option<((u64, u64), Arc<Vec<Object>>)>;
+static CACHE: Mutex<Cache> = Mutex::new(None);
+
+/// Frees the cached map.
+pub(super) fn release() {
+    drop(CACHE.lock().unwrap_or_else(|e| e.into_inner()).take());
+}
 
 /// All loaded objects, freshly enumerated.
 pub fn loaded_objects() -> Vec<Object> {
@@ -122,13 +128,19 @@ pub fn loaded_objects() -> Vec<Object> {
     out
 }
 
+/// The map of loaded objects, enumerated again whenever the loader has loaded or unloaded an
+/// object since (or when `refresh` asks): a map that still lists an unloaded object would let
+/// a static call target unmapped memory.
 fn cached(refresh: bool) -> Arc<Vec<Object>> {
+    let generation = super::rendezvous::objects_generation();
     let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     match &*guard {
-        Some(objs) if !refresh => objs.clone(),
+        Some((seen, objs)) if !refresh && *seen == generation && generation.0 != u64::MAX => {
+            objs.clone()
+        }
         _ => {
             let objs = Arc::new(loaded_objects());
-            *guard = Some(objs.clone());
+            *guard = Some((generation, objs.clone()));
             objs
         }
     }

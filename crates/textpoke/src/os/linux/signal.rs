@@ -5,22 +5,50 @@
 //! that is not textpoke's goes to the handler that was installed before, so debuggers' and the
 //! user's own SIGTRAP handling keep working. Async-signal-safe: no allocation, no locks, no
 //! panics on the handler path.
+//!
+//! Only the process's one patcher installs this handler (see `engine::patcher`), so there is
+//! one handler whatever the number of copies of textpoke, and it lives in an object that is
+//! never unloaded.
+//!
+//! **Masks.** The handler runs with every signal blocked but SIGTRAP (`SA_NODEFER`): no other
+//! handler can land on top of it and inherit a blocked SIGTRAP (a thread that met a site there
+//! mid-batch would be killed by the kernel), and a thread inside it does not show SIGTRAP as
+//! blocked to [`threads_blocking_sigtrap`](super::threads_blocking_sigtrap). A handler it chains
+//! to runs with the mask the kernel would have given it.
+//!
+//! **Chaining.** The disposition found when textpoke first installs its handler is the bottom of
+//! a short stack. When a later handler is found installed over textpoke's (checked before every
+//! batch), textpoke installs its own again and pushes the later one: a trap that is not
+//! textpoke's goes to the newest, and if that one chains back to textpoke's handler (as handlers
+//! that save what they replace do), to the next older one, down to the first. Each is called at
+//! most once per trap.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::arch::Regs;
 use crate::{Error, Result};
 
-/// The disposition that was in place before ours, for chaining. Replaced (and the old one
-/// leaked, a few dozen bytes) only when someone installed a handler over ours.
-static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+/// Dispositions textpoke chains to, oldest first; `DEPTH` of them are live. Each entry is an
+/// interned, never-freed copy (see [`intern`]), so a handler may read a stale entry but never a
+/// torn or freed one.
+const STACK_SLOTS: usize = 8;
+static STACK: [AtomicPtr<libc::sigaction>; STACK_SLOTS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; STACK_SLOTS];
+static DEPTH: AtomicUsize = AtomicUsize::new(0);
 
-/// Signal frames (ucontext pointers) this handler is currently chaining from. A handler we
-/// chain to may chain back to us (we re-install over handlers that were installed over ours,
-/// and those often chain to what they replaced): meeting the same frame again ends the loop.
+/// Every disposition ever pushed, leaked once each: the same handlers seen again reuse their
+/// copy, so memory stays flat however often someone installs over textpoke's handler. Only
+/// touched under the patch lock.
+static INTERNED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Signal frames (ucontext pointers) this handler is chaining from, with the stack entry each
+/// was last given to. A handler we chain to may chain back to us for the same frame: we then
+/// go on with the next older entry.
 const CHAIN_SLOTS: usize = 32;
 static CHAINING: [AtomicPtr<libc::c_void>; CHAIN_SLOTS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; CHAIN_SLOTS];
+static CHAIN_AT: [AtomicUsize; CHAIN_SLOTS] = [const { AtomicUsize::new(0) }; CHAIN_SLOTS];
 
 fn our_handler() -> usize {
     handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize
@@ -34,9 +62,62 @@ fn last_errno() -> rustix::io::Errno {
     )
 }
 
+/// The signals in either set. A `sigset_t` is a plain bit array.
+fn union(a: libc::sigset_t, b: libc::sigset_t) -> libc::sigset_t {
+    const WORDS: usize = size_of::<libc::sigset_t>() / 8;
+    // SAFETY: a sigset_t is plain bytes, a whole number of 64-bit words on Linux.
+    let (a, b): ([u64; WORDS], [u64; WORDS]) =
+        unsafe { (std::mem::transmute_copy(&a), std::mem::transmute_copy(&b)) };
+    let mut out = [0u64; WORDS];
+    for i in 0..WORDS {
+        out[i] = a[i] | b[i];
+    }
+    // SAFETY: as above.
+    unsafe { std::mem::transmute_copy(&out) }
+}
+
+fn same(a: &libc::sigaction, b: &libc::sigaction) -> bool {
+    let mask = |s: &libc::sigaction| -> [u8; size_of::<libc::sigset_t>()] {
+        // SAFETY: a sigset_t is plain bytes.
+        unsafe { std::mem::transmute_copy(&s.sa_mask) }
+    };
+    a.sa_sigaction == b.sa_sigaction && a.sa_flags == b.sa_flags && mask(a) == mask(b)
+}
+
+/// A never-freed copy of `action`, shared with every earlier identical one.
+fn intern(action: &libc::sigaction) -> *mut libc::sigaction {
+    let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in interned.iter() {
+        // SAFETY: INTERNED only holds leaked, never-freed boxes.
+        if same(unsafe { &*(p as *const libc::sigaction) }, action) {
+            return p as *mut libc::sigaction;
+        }
+    }
+    let p = Box::into_raw(Box::new(*action));
+    interned.push(p as usize);
+    p
+}
+
+/// Records `found`, the disposition that is current instead of ours, in the chain stack.
+fn push_previous(found: &libc::sigaction) {
+    let depth = DEPTH.load(Ordering::Acquire);
+    // A disposition already in the stack was restored by whoever replaced it: forget the newer
+    // ones above it.
+    for i in 0..depth {
+        // SAFETY: live stack entries are interned, never-freed copies.
+        if same(unsafe { &*STACK[i].load(Ordering::Acquire) }, found) {
+            DEPTH.store(i + 1, Ordering::Release);
+            return;
+        }
+    }
+    let slot = depth.min(STACK_SLOTS - 1);
+    STACK[slot].store(intern(found), Ordering::Release);
+    DEPTH.store(slot + 1, Ordering::Release);
+}
+
 /// Installs the handler if it is not the current SIGTRAP disposition. Checked before every
 /// batch, so a handler installed over ours later is chained rather than left to meet our
-/// breakpoints.
+/// breakpoints. Called under the patch lock.
 pub fn ensure_trap_handler() -> Result<()> {
     // SAFETY: a zeroed `sigaction` is a valid out-parameter.
     let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -48,23 +129,29 @@ pub fn ensure_trap_handler() -> Result<()> {
         return Ok(());
     }
     // Publish the previous disposition before ours can run.
-    PREVIOUS.store(Box::into_raw(Box::new(current)), Ordering::Release);
+    push_previous(&current);
     // SAFETY: a zeroed `sigaction` is a valid value to fill in.
     let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
     ours.sa_sigaction = our_handler();
     // Run on the alternate stack only if the handler we chain to asked for it.
-    ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | (current.sa_flags & libc::SA_ONSTACK);
-    // SAFETY: `sa_mask` is a valid sigset to clear.
-    unsafe { libc::sigemptyset(&mut ours.sa_mask) };
+    ours.sa_flags = libc::SA_SIGINFO
+        | libc::SA_RESTART
+        | libc::SA_NODEFER
+        | (current.sa_flags & libc::SA_ONSTACK);
+    // SAFETY: `sa_mask` is a valid sigset to fill and edit.
+    unsafe {
+        libc::sigfillset(&mut ours.sa_mask);
+        libc::sigdelset(&mut ours.sa_mask, libc::SIGTRAP);
+    }
     // SAFETY: a zeroed `sigaction` is a valid out-parameter.
     let mut replaced: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: installs a valid handler; `replaced` receives what was there.
     if unsafe { libc::sigaction(libc::SIGTRAP, &ours, &mut replaced) } != 0 {
         return Err(Error::syscall("sigaction(SIGTRAP) install", last_errno()));
     }
-    if replaced.sa_sigaction != current.sa_sigaction {
+    if !same(&replaced, &current) {
         // Someone changed the disposition between our query and install: chain to theirs.
-        PREVIOUS.store(Box::into_raw(Box::new(replaced)), Ordering::Release);
+        push_previous(&replaced);
     }
     Ok(())
 }
@@ -106,17 +193,29 @@ unsafe fn breakpoint(uc: *mut libc::ucontext_t) -> bool {
     true
 }
 
-/// Passes a trap that is not (only) ours to the previous disposition, with its signal mask.
+/// Passes a trap that is not (only) ours down the chain stack: to the newest entry the first
+/// time we see this frame, to the next older one each time the chain comes back to us.
 ///
 /// # Safety
 ///
 /// Arguments must be the kernel's, as received by `handler`.
 unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    if CHAINING.iter().any(|s| s.load(Ordering::Acquire) == ctx) {
-        // The chain came back to us for the same signal: every handler has had it.
+    if let Some(i) = CHAINING
+        .iter()
+        .position(|s| s.load(Ordering::Acquire) == ctx)
+    {
+        // The chain came back to us for the same signal: go on below the entry it came from.
+        let at = CHAIN_AT[i].load(Ordering::Acquire);
+        if at == 0 {
+            return; // every handler has had it
+        }
+        CHAIN_AT[i].store(at - 1, Ordering::Release);
+        // SAFETY: forwarding the caller's arguments.
+        unsafe { call_previous(at - 1, sig, info, ctx) };
         return;
     }
-    let slot = CHAINING.iter().find(|s| {
+    let top = DEPTH.load(Ordering::Acquire).saturating_sub(1);
+    let slot = CHAINING.iter().position(|s| {
         s.compare_exchange(
             std::ptr::null_mut(),
             ctx,
@@ -125,19 +224,34 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         )
         .is_ok()
     });
+    if let Some(i) = slot {
+        CHAIN_AT[i].store(top, Ordering::Release);
+    }
     // SAFETY: forwarding the caller's arguments.
-    unsafe { call_previous(sig, info, ctx) };
-    if let Some(slot) = slot {
-        slot.store(std::ptr::null_mut(), Ordering::Release);
+    unsafe { call_previous(top, sig, info, ctx) };
+    if let Some(i) = slot {
+        CHAINING[i].store(std::ptr::null_mut(), Ordering::Release);
     }
 }
 
+/// Runs chain stack entry `at` (the disposition before textpoke's when the stack is empty) for
+/// this signal, with the mask the kernel would have given it.
+///
 /// # Safety
 ///
 /// Arguments must be the kernel's, as received by `handler`.
-unsafe fn call_previous(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let prev = PREVIOUS.load(Ordering::Acquire);
-    // SAFETY: `PREVIOUS` only ever holds leaked, never-freed boxes.
+unsafe fn call_previous(
+    at: usize,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    let prev = if at < DEPTH.load(Ordering::Acquire) {
+        STACK[at].load(Ordering::Acquire)
+    } else {
+        std::ptr::null_mut()
+    };
+    // SAFETY: stack entries are interned, never-freed copies.
     let prev = (!prev.is_null()).then(|| unsafe { &*prev });
     let action = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
     // SAFETY: `info` is valid (see `handler`).
@@ -147,8 +261,8 @@ unsafe fn call_previous(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     }
     if action == libc::SIG_DFL || action == libc::SIG_IGN {
         // A trap the kernel raised cannot be ignored; the default action ends the process.
-        // Restore it and re-raise: the signal is blocked in this handler, so it is delivered,
-        // with a core dump, as soon as we return.
+        // Restore it and re-raise (SIGTRAP is not blocked here: it is delivered at once, with
+        // a core dump).
         // SAFETY: `signal` and `raise` are async-signal-safe.
         unsafe {
             libc::signal(sig, libc::SIG_DFL);
@@ -157,11 +271,19 @@ unsafe fn call_previous(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         return;
     }
     let Some(prev) = prev else { return };
-    // Run it with the mask it was installed with, as the kernel would have.
-    // SAFETY: a zeroed sigset is valid to fill; `pthread_sigmask` is async-signal-safe.
+    // The mask the kernel gives a handler: the interrupted mask, the handler's own, and the
+    // signal itself unless it asked for SA_NODEFER.
+    // SAFETY: `ctx` is the interrupted thread's ucontext (see `handler`); sigset operations and
+    // `pthread_sigmask` are async-signal-safe.
     let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: blocks the previous handler's mask for this thread, saving the current one.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &prev.sa_mask, &mut saved) };
+    // SAFETY: as above.
+    unsafe {
+        let mut mask = union((*ctx.cast::<libc::ucontext_t>()).uc_sigmask, prev.sa_mask);
+        if prev.sa_flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut mask, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, &mut saved);
+    }
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: an SA_SIGINFO handler has this signature.
         let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =

@@ -1,0 +1,235 @@
+//! How copies of textpoke in one process find each other: an ELF note in every object that
+//! carries a copy, found through the program headers `dl_iterate_phdr` lists for every loaded
+//! object. No symbol lookup is involved, so it works for executables that export nothing and
+//! for plugins loaded `RTLD_LOCAL`.
+//!
+//! The note (section `.note.textpoke`, retained, so the linker puts it in a `PT_NOTE` segment)
+//! has the name `textpoke`, the type [`NOTE_TYPE`] and an 8-byte descriptor: the rendezvous
+//! version (`u32`), then a 32-bit offset, relative to its own field, to the copy's anchor (a
+//! versioned table the engine defines). This module knows nothing of what the anchor holds.
+
+use std::ffi::{CStr, CString};
+
+/// Type of textpoke's note.
+pub const NOTE_TYPE: u32 = 0x7470_0001;
+const NOTE_NAME: &[u8] = b"textpoke\0";
+/// glibc's `RTLD_NODELETE` (`<bits/dlfcn.h>`), which the `libc` crate does not define for Linux.
+const RTLD_NODELETE: libc::c_int = 0x1000;
+
+/// Emits this copy's note, pointing at `$anchor` (a `static`) with rendezvous version
+/// `$version`.
+macro_rules! rendezvous_note {
+    ($anchor:path, $version:literal) => {
+        ::core::arch::global_asm!(
+            ".pushsection .note.textpoke,\"aR\",@note",
+            ".balign 4",
+            ".long 9",
+            ".long 8",
+            ".long 0x74700001",
+            ".asciz \"textpoke\"",
+            ".balign 4",
+            concat!(".long ", $version),
+            ".long {anchor} - .",
+            ".popsection",
+            anchor = sym $anchor,
+        );
+    };
+}
+pub(crate) use rendezvous_note;
+
+/// The first textpoke note in load order (the executable first, then shared objects as they
+/// were loaded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// Path of the object that carries it (the executable's for the main program).
+    pub object: String,
+    /// Whether that object is the main program (never unloaded).
+    pub main: bool,
+    /// The rendezvous version the note declares.
+    pub version: u32,
+    /// Address of the anchor it points to.
+    pub anchor: usize,
+}
+
+/// Finds the first textpoke note of any loaded object.
+pub fn first_rendezvous() -> Option<Rendezvous> {
+    struct Scan {
+        index: usize,
+        found: Option<Rendezvous>,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` whose `dlpi_phdr` points to
+        // `dlpi_phnum` headers of a mapped object, and `data` is the `Scan` passed below.
+        let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
+        let main = scan.index == 0;
+        scan.index += 1;
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: as above.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        for ph in phdrs.iter().filter(|p| p.p_type == libc::PT_NOTE) {
+            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+            let align = (ph.p_align as usize).max(4);
+            // SAFETY: a PT_NOTE segment lies inside a loaded segment of the object, mapped
+            // readable for `p_memsz` bytes.
+            if let Some((version, anchor)) =
+                unsafe { find_note(start, ph.p_memsz as usize, align) }
+            {
+                // SAFETY: a non-null name is a NUL-terminated string owned by the loader.
+                let object = if main || info.dlpi_name.is_null() {
+                    std::fs::read_link("/proc/self/exe")
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "<main program>".into())
+                } else {
+                    unsafe { CStr::from_ptr(info.dlpi_name) }
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                scan.found = Some(Rendezvous {
+                    object,
+                    main,
+                    version,
+                    anchor,
+                });
+                return 1;
+            }
+        }
+        0
+    }
+    let mut scan = Scan {
+        index: 0,
+        found: None,
+    };
+    // SAFETY: the callback matches the expected signature and only uses `data` as the `Scan`.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut scan as *mut Scan as *mut _) };
+    scan.found
+}
+
+/// Walks the notes in `[start, start + len)`; returns the version and anchor of textpoke's.
+///
+/// # Safety
+///
+/// The range must be mapped and readable.
+unsafe fn find_note(start: usize, len: usize, align: usize) -> Option<(u32, usize)> {
+    let read = |at: usize| -> u32 {
+        // SAFETY: callers check `at + 4 <= end`; notes are 4-aligned.
+        unsafe { (at as *const u32).read_unaligned() }
+    };
+    let round = |n: usize| n.div_ceil(align) * align;
+    let end = start.checked_add(len)?;
+    let mut at = start;
+    while at.checked_add(12)? <= end {
+        let (namesz, descsz, kind) = (read(at) as usize, read(at + 4) as usize, read(at + 8));
+        let name = at + 12;
+        let desc = name.checked_add(round(namesz))?;
+        let next = desc.checked_add(round(descsz))?;
+        if next > end {
+            return None;
+        }
+        if kind == NOTE_TYPE && namesz == NOTE_NAME.len() && descsz >= 8 {
+            // SAFETY: `[name, name + namesz)` lies inside the segment (checked above).
+            let found = unsafe { std::slice::from_raw_parts(name as *const u8, namesz) };
+            if found == NOTE_NAME {
+                let offset = read(desc + 4) as i32;
+                return Some((read(desc), (desc + 4).wrapping_add_signed(offset as isize)));
+            }
+        }
+        at = next;
+    }
+    None
+}
+
+/// Makes the object containing `addr` permanent (`RTLD_NODELETE`), unless it is the main
+/// program, which is never unloaded. Returns false if the object is gone or going. Takes the
+/// dynamic loader's lock: never call it under the patch lock (a `dlclose` waits for the patch
+/// lock inside the loader's lock).
+pub fn pin_object_of(addr: usize) -> bool {
+    if in_main_program(addr) {
+        return true;
+    }
+    let Some((name, base)) = dl_object_of(addr) else {
+        return false;
+    };
+    let Ok(cname) = CString::new(name.clone()) else {
+        return false;
+    };
+    // SAFETY: RTLD_NOLOAD never loads anything: it takes a reference to an object that is
+    // already loaded (and, with RTLD_NODELETE, keeps it for good), or returns null.
+    let handle =
+        unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | RTLD_NODELETE | libc::RTLD_LAZY) };
+    // The handle is deliberately leaked: the object now stays. It must still be the object
+    // that holds `addr` (not one loaded under the same name after it went).
+    !handle.is_null() && dl_object_of(addr) == Some((name, base))
+}
+
+/// The path and base of the object containing `addr`, from the loader (`dladdr`).
+fn dl_object_of(addr: usize) -> Option<(String, usize)> {
+    // SAFETY: `dladdr` only reads loader state and fills the struct.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; zero means "not in any object".
+    if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0
+        || info.dli_fname.is_null()
+    {
+        return None;
+    }
+    // SAFETY: `dladdr` returned a NUL-terminated path owned by the loader.
+    let name = unsafe { CStr::from_ptr(info.dli_fname) }
+        .to_string_lossy()
+        .into_owned();
+    Some((name, info.dli_fbase as usize))
+}
+
+/// Whether `addr` lies in a segment of the main program.
+pub fn in_main_program(addr: usize) -> bool {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: as in `first_rendezvous`; `data` is the `(usize, bool)` passed below.
+        let (info, out) = unsafe { (&*info, &mut *(data as *mut (usize, bool))) };
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        out.1 = phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD).any(|p| {
+            let start = (info.dlpi_addr as usize).wrapping_add(p.p_vaddr as usize);
+            out.0 >= start && out.0 - start < p.p_memsz as usize
+        });
+        1 // the main program is listed first: stop there
+    }
+    let mut data = (addr, false);
+    // SAFETY: the callback matches the expected signature and only uses `data` as above.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut data as *mut (usize, bool) as *mut _) };
+    data.1
+}
+
+/// The loader's counts of objects loaded and unloaded so far: when they change, any map of
+/// the loaded objects is stale.
+pub fn objects_generation() -> (u64, u64) {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: as in `first_rendezvous`; `data` is the pair passed below. The counters
+        // exist when the loader's struct is large enough to hold them.
+        unsafe {
+            if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
+                *(data as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs);
+            }
+        }
+        1
+    }
+    let mut out = (u64::MAX, u64::MAX);
+    // SAFETY: the callback matches the expected signature and only uses `data` as above.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut out as *mut (u64, u64) as *mut _) };
+    out
+}
