@@ -62,26 +62,29 @@ fn last_errno() -> rustix::io::Errno {
     )
 }
 
-/// The signals in either set. A `sigset_t` is a plain bit array.
-fn union(a: libc::sigset_t, b: libc::sigset_t) -> libc::sigset_t {
-    const WORDS: usize = size_of::<libc::sigset_t>() / 8;
-    // SAFETY: a sigset_t is plain bytes, a whole number of 64-bit words on Linux.
-    let (a, b): ([u64; WORDS], [u64; WORDS]) =
-        unsafe { (std::mem::transmute_copy(&a), std::mem::transmute_copy(&b)) };
-    let mut out = [0u64; WORDS];
-    for i in 0..WORDS {
-        out[i] = a[i] | b[i];
-    }
-    // SAFETY: as above.
-    unsafe { std::mem::transmute_copy(&out) }
+/// The first 64 signals of a set: all the kernel keeps (glibc's `sigaction` fills only these
+/// bytes of a returned `sa_mask`; the rest of the 128-byte `sigset_t` is left as it was).
+fn kernel_bits(set: &libc::sigset_t) -> u64 {
+    // SAFETY: a sigset_t is a plain bit array of at least 8 bytes on Linux.
+    unsafe { (set as *const libc::sigset_t).cast::<u64>().read_unaligned() }
+}
+
+/// The signals in either set.
+fn union(a: &libc::sigset_t, b: &libc::sigset_t) -> libc::sigset_t {
+    let mut out = *a;
+    // SAFETY: as in `kernel_bits`.
+    unsafe {
+        (&mut out as *mut libc::sigset_t)
+            .cast::<u64>()
+            .write_unaligned(kernel_bits(a) | kernel_bits(b))
+    };
+    out
 }
 
 fn same(a: &libc::sigaction, b: &libc::sigaction) -> bool {
-    let mask = |s: &libc::sigaction| -> [u8; size_of::<libc::sigset_t>()] {
-        // SAFETY: a sigset_t is plain bytes.
-        unsafe { std::mem::transmute_copy(&s.sa_mask) }
-    };
-    a.sa_sigaction == b.sa_sigaction && a.sa_flags == b.sa_flags && mask(a) == mask(b)
+    a.sa_sigaction == b.sa_sigaction
+        && a.sa_flags == b.sa_flags
+        && kernel_bits(&a.sa_mask) == kernel_bits(&b.sa_mask)
 }
 
 /// A never-freed copy of `action`, shared with every earlier identical one.
@@ -204,15 +207,21 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         .iter()
         .position(|s| s.load(Ordering::Acquire) == ctx)
     {
-        // The chain came back to us for the same signal: go on below the entry it came from.
-        let at = CHAIN_AT[i].load(Ordering::Acquire);
-        if at == 0 {
-            return; // every handler has had it
+        // The chain came back to us for the same signal: go on with the next older handler.
+        // A default or ignoring disposition below is skipped: the handler that chained back
+        // has handled the trap (as it would had it replaced that disposition itself).
+        let mut at = CHAIN_AT[i].load(Ordering::Acquire);
+        while at > 0 {
+            at -= 1;
+            if is_handler(at) {
+                CHAIN_AT[i].store(at, Ordering::Release);
+                // SAFETY: forwarding the caller's arguments.
+                unsafe { call_previous(at, sig, info, ctx) };
+                return;
+            }
         }
-        CHAIN_AT[i].store(at - 1, Ordering::Release);
-        // SAFETY: forwarding the caller's arguments.
-        unsafe { call_previous(at - 1, sig, info, ctx) };
-        return;
+        CHAIN_AT[i].store(0, Ordering::Release);
+        return; // every handler has had it
     }
     let top = DEPTH.load(Ordering::Acquire).saturating_sub(1);
     let slot = CHAINING.iter().position(|s| {
@@ -231,6 +240,16 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
     unsafe { call_previous(top, sig, info, ctx) };
     if let Some(i) = slot {
         CHAINING[i].store(std::ptr::null_mut(), Ordering::Release);
+    }
+}
+
+/// Whether chain stack entry `at` is a function (not the default action or "ignore").
+fn is_handler(at: usize) -> bool {
+    let p = STACK[at].load(Ordering::Acquire);
+    // SAFETY: stack entries are interned, never-freed copies.
+    !p.is_null() && {
+        let action = unsafe { (*p).sa_sigaction };
+        action != libc::SIG_DFL && action != libc::SIG_IGN
     }
 }
 
@@ -278,7 +297,7 @@ unsafe fn call_previous(
     let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     unsafe {
-        let mut mask = union((*ctx.cast::<libc::ucontext_t>()).uc_sigmask, prev.sa_mask);
+        let mut mask = union(&(*ctx.cast::<libc::ucontext_t>()).uc_sigmask, &prev.sa_mask);
         if prev.sa_flags & libc::SA_NODEFER == 0 {
             libc::sigaddset(&mut mask, sig);
         }
