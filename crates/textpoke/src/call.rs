@@ -427,8 +427,19 @@ fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
 ///
 /// Signatures take up to 12 arguments, references included, in the Rust ABI or, written
 /// `extern "C" fn(...)`, the C ABI. Generic functions work through their instantiations
-/// (`HASH.update(hash_with::<Fx>)`). Each static call gets its own trampoline symbol, named
-/// after the static's module path, so a program can name each at most once.
+/// (`HASH.update(hash_with::<Fx>)`).
+///
+/// **Trampoline symbols.** Each static call's trampoline is a hidden symbol named after the
+/// static's module path and the source file the macro is invoked in, as rustc was given it:
+/// `textpoke_trampoline::mycrate::net::HASH<src/net.rs>`. It reads as it is in `nm`, `perf` and
+/// gdb (`break textpoke_trampoline::mycrate::net::HASH<src/net.rs>`). The file tells apart
+/// crates whose paths coincide: a package's `src/lib.rs` and `src/main.rs` (two crates of one
+/// name) may both declare `pub static HASH`, and two semver-incompatible versions of a crate
+/// can be linked into one program (cargo names a registry crate's files by the path of its copy,
+/// `.../hash-2.0.0/src/lib.rs`). What still cannot link (`duplicate symbol`) is one source file
+/// compiled as a module of two crates of one name, such as `mod shared;` in both `src/lib.rs`
+/// and `src/main.rs`, when that file declares a static call. A source path containing `{`, `}`
+/// or `"` cannot be written in the trampoline's assembly and fails to compile.
 #[macro_export]
 macro_rules! static_call {
     () => {};
@@ -500,7 +511,7 @@ macro_rules! __static_call {
         };
 
         $crate::__arch_static_call_trampoline!(
-            concat!("textpoke_trampoline::", module_path!(), "::", stringify!($name)),
+            $crate::__static_call_symbol!($name),
             $name,
             $init
         );
@@ -538,6 +549,35 @@ macro_rules! __static_call {
     };
 }
 
+/// The name of static call `$name`'s trampoline symbol, a string literal:
+/// `textpoke_trampoline::<module path>::<name><<source file>>`, for instance
+/// `textpoke_trampoline::mycrate::net::HASH<src/net.rs>`.
+///
+/// The module path alone is not unique in a program: a package's `src/lib.rs` and
+/// `src/main.rs` are two crates of one name, and two semver-incompatible versions of a crate
+/// have the same name and modules. `file!()`, the source file the outermost macro was invoked
+/// in, as rustc was given it, tells them apart: cargo names a workspace's sources relative to
+/// its root (`src/main.rs`, `hash-v1/src/lib.rs`) and other packages by the absolute path of
+/// their copy, which holds the version for registry crates
+/// (`.../index.crates.io-.../hash-2.0.0/src/lib.rs`). The name stays readable in `nm`,
+/// `perf` and gdb (`break textpoke_trampoline::mycrate::HASH<src/main.rs>`), and has no `@`,
+/// which linkers read as a symbol version.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_symbol {
+    ($name:ident) => {
+        concat!(
+            "textpoke_trampoline::",
+            module_path!(),
+            "::",
+            stringify!($name),
+            "<",
+            file!(),
+            ">"
+        )
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_extern {
@@ -546,7 +586,7 @@ macro_rules! __static_call_extern {
     };
     ([$abi:literal] $name:ident [$($arg:ty),*] $ret:ty) => {
         unsafe extern $abi {
-            #[link_name = concat!("textpoke_trampoline::", module_path!(), "::", stringify!($name))]
+            #[link_name = $crate::__static_call_symbol!($name)]
             fn __textpoke_trampoline($(_: $arg),*) -> $ret;
         }
     };

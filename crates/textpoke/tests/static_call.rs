@@ -78,9 +78,9 @@ fn batched_site() -> bool {
 #[unsafe(naked)]
 extern "C" fn tail_site(_x: u64) -> u64 {
     core::arch::naked_asm!(concat!(
-        "jmp \"textpoke_trampoline::",
-        module_path!(),
-        "::TAIL\""
+        "jmp \"",
+        textpoke::__static_call_symbol!(TAIL),
+        "\""
     ))
 }
 
@@ -90,7 +90,7 @@ extern "C" fn tail_site(_x: u64) -> u64 {
 extern "C" fn cond_tail_site(_x: u64, _take: u64) -> u64 {
     core::arch::naked_asm!(
         "test rsi, rsi",
-        concat!("jne \"textpoke_trampoline::", module_path!(), "::TAIL\""),
+        concat!("jne \"", textpoke::__static_call_symbol!(TAIL), "\""),
         "mov rax, -1",
         "ret",
     )

@@ -101,9 +101,9 @@ fn rel32(next: usize, target: usize) -> Option<i32> {
     i32::try_from((target as i64).wrapping_sub(next as i64)).ok()
 }
 
-/// Emits a trampoline named `$sym` (a string) that initially jumps to `$target`, and its
-/// 12-byte table entry: trampoline, call state (`$core`), initial target. Used by
-/// `static_call!` only.
+/// Emits a trampoline named `$sym` (a string literal, from `__static_call_symbol!`) that
+/// initially jumps to `$target`, and its 12-byte table entry: trampoline, call state (`$core`),
+/// initial target. Used by `static_call!` only.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __arch_static_call_trampoline {
