@@ -39,7 +39,11 @@ fn main() {
     let dest = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("plugin.so");
     std::fs::copy(&built, &dest)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), dest.display()));
-    for dir in ["crates/textpoke-plugin", "crates/textpoke/src", "crates/textpoke/Cargo.toml"] {
+    for dir in [
+        "crates/textpoke-plugin",
+        "crates/textpoke/src",
+        "crates/textpoke/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     println!(

@@ -124,7 +124,9 @@ pub extern "C" fn tpp_set_all(mask: u64, err: *mut u8, cap: usize) -> i32 {
     let batch = KEYS
         .iter()
         .enumerate()
-        .fold(textpoke::Batch::new(), |b, (i, k)| b.set(*k, mask >> i & 1 == 1));
+        .fold(textpoke::Batch::new(), |b, (i, k)| {
+            b.set(*k, mask >> i & 1 == 1)
+        });
     done(batch.commit().map(drop), err, cap)
 }
 

@@ -82,12 +82,33 @@ impl<'a> Batch<'a> {
     /// Applies every change as one batch: every site of every key and every trampoline, or
     /// none of them. A key or call named more than once gets its last change.
     pub fn commit(self) -> Result<PatchStats> {
+        // References on targets' objects are taken and dropped outside the patch lock: the
+        // loader's lock is taken inside it by a `dlclose` that waits for a batch.
+        let mut held = crate::call::hold_targets(&self.calls)?;
+        let mut released = Vec::new();
         let lock = crate::engine::lock()?;
-        self.commit_locked(&lock)
+        let result = self.commit_held(&lock, &mut held, &mut released);
+        drop(lock);
+        drop(released);
+        drop(held);
+        result
     }
 
-    /// `commit`, for a caller that already holds the patch lock.
+    /// `commit`, for a caller that already holds the patch lock, and whose call targets lie in
+    /// the calls' own objects.
     pub(crate) fn commit_locked(self, lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
+        let mut released = Vec::new();
+        let result = self.commit_held(lock, &mut Vec::new(), &mut released);
+        debug_assert!(released.is_empty());
+        result
+    }
+
+    fn commit_held(
+        self,
+        lock: &crate::engine::PatchGuard,
+        held: &mut crate::call::Held<'a>,
+        released: &mut Vec<crate::os::ObjectRef>,
+    ) -> Result<PatchStats> {
         let mut pokes = pokes_scratch();
         pokes.clear();
         let keys = KeyPlan::new(&self.changes);
@@ -98,7 +119,7 @@ impl<'a> Batch<'a> {
         match result {
             Ok((calls, stats)) => {
                 keys.commit();
-                calls.commit();
+                calls.commit(held, released);
                 Ok(stats)
             }
             Err(e) => {

@@ -5,12 +5,12 @@
 //! emit `call`, tail `jmp` or conditional tail `jcc` to it: none of those sites is ever patched,
 //! only the trampoline, with the same breakpoint protocol as static keys.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arch::{CALL_LEN, Insn, TRAMPOLINE_PATCH_LEN, TrampolineForm, call_code};
-use crate::engine::{Code, Poke};
 use crate::engine::PatchGuard;
-use crate::os::TextMap;
+use crate::engine::{Code, Poke};
+use crate::os::{ObjectRef, TextMap};
 use crate::table::call::{CallSite, call_index};
 use crate::{Error, Location, Result};
 
@@ -29,6 +29,9 @@ pub struct CallCore {
     target: AtomicUsize,
     magic: u32,
     slot: AtomicU8,
+    /// A reference on the object the target lies in, when that is another shared object: it
+    /// stays loaded while the call points into it (see [`hold_targets`]).
+    held: AtomicPtr<libc::c_void>,
 }
 
 impl Default for CallCore {
@@ -44,6 +47,7 @@ impl CallCore {
             target: AtomicUsize::new(INITIAL),
             magic: CALL_MAGIC,
             slot: AtomicU8::new(NO_SLOT),
+            held: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -278,11 +282,54 @@ impl<'a> CallPlan<'a> {
         Ok(CallPlan { changes })
     }
 
-    /// Records the new targets after the batch was written.
-    pub(crate) fn commit(self) {
+    /// Records the new targets after the batch was written, with the references that keep
+    /// their objects loaded (from `held`; a call without one holds none). The references they
+    /// replace are added to `released`, for the caller to drop outside the patch lock.
+    pub(crate) fn commit(self, held: &mut Held, released: &mut Vec<ObjectRef>) {
         for (core, form) in self.changes {
             core.store(form);
+            let new = held
+                .iter_mut()
+                .find(|(c, _)| std::ptr::eq(*c, core))
+                .and_then(|(_, r)| r.take())
+                .map_or(std::ptr::null_mut(), ObjectRef::into_raw);
+            // SAFETY: `held` only ever stores handles from `into_raw`, each taken back once.
+            released.extend(unsafe { ObjectRef::from_raw(core.held.swap(new, Ordering::AcqRel)) });
         }
+    }
+}
+
+/// References that keep static-call targets' objects loaded, per call, taken before a batch.
+pub(crate) type Held<'a> = Vec<(&'a CallCore, Option<ObjectRef>)>;
+
+/// Takes a reference on the object of every target in `wanted` that lies in another shared
+/// object than its call's, so it cannot be unloaded while a call points into it. Runs outside
+/// the patch lock (it takes the loader's). A target whose object is being unloaded is refused.
+pub(crate) fn hold_targets<'a>(wanted: &[(&'a CallCore, Option<usize>)]) -> Result<Held<'a>> {
+    let mut held: Held<'a> = Vec::new();
+    for &(core, target) in wanted {
+        let Some(target) = target else { continue };
+        let r = crate::os::hold_object_of(target, core.addr()).map_err(|()| Error::BadTarget {
+            call: Location::of(core.addr()),
+            target: Location::of(target),
+            why: "in a shared object that is being unloaded",
+        })?;
+        held.retain(|(c, _)| !std::ptr::eq(*c, core));
+        held.push((core, r));
+    }
+    Ok(held)
+}
+
+/// Drops the references this copy's static calls hold on other objects (this copy's object is
+/// being unloaded, and its calls with it).
+pub(crate) fn release_held() {
+    for core in crate::table::call::cores() {
+        // SAFETY: the table validated `core` as a `CallCore` of this object, which is still
+        // mapped; `held` only stores handles from `into_raw`.
+        let core = unsafe { &*(core as *const CallCore) };
+        drop(unsafe {
+            ObjectRef::from_raw(core.held.swap(std::ptr::null_mut(), Ordering::AcqRel))
+        });
     }
 }
 

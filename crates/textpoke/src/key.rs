@@ -4,8 +4,8 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
-use crate::engine::{self, PatchStats, Poke};
 use crate::engine::PatchGuard;
+use crate::engine::{self, PatchStats, Poke};
 use crate::table::jump::{JumpSite, jump_index};
 use crate::{Error, Location, Result};
 

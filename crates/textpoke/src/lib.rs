@@ -82,7 +82,9 @@ pub mod __private {
     pub use crate::alt::planned_code as planned_alt_code;
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::call::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
-    pub use crate::engine::{MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts};
+    pub use crate::engine::{
+        MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
+    };
     pub use crate::os::loaded_objects;
     pub use crate::table::jump::jump_table_bytes;
 
@@ -98,6 +100,7 @@ pub mod __private {
 ///
 /// None of this copy's code runs again (its object is being unloaded).
 pub(crate) unsafe fn release_on_unload() {
+    call::release_held();
     // SAFETY: the caller's guarantee.
     unsafe { table::release_all() };
     batch::release();

@@ -17,9 +17,9 @@ mod runs;
 mod trap;
 
 pub use code::{Code, MAX_CODE};
+pub use patcher::{PatchGuard, lock, patcher_id, register_sites, trap_counts, try_lock};
 pub use runs::MERGE_GAP;
 use runs::Run;
-pub use patcher::{PatchGuard, lock, patcher_id, register_sites, trap_counts, try_lock};
 pub use trap::on_breakpoint;
 
 pub(crate) use trap::forget_after_fork;
@@ -204,11 +204,7 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
                 ),
             });
         }
-        let min = if p.is_code() {
-            BREAKPOINT.len()
-        } else {
-            1
-        };
+        let min = if p.is_code() { BREAKPOINT.len() } else { 1 };
         if p.old.len() != p.new.len() || p.old.len() < min {
             return Err(Error::BadTable {
                 table: "(engine)",

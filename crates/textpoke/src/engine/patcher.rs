@@ -127,7 +127,10 @@ fn owner() -> Result<&'static PatcherV1> {
         return Ok(unsafe { &*p });
     }
     let found = join()?;
-    OWNER.store(found as *const PatcherV1 as *mut PatcherV1, Ordering::Release);
+    OWNER.store(
+        found as *const PatcherV1 as *mut PatcherV1,
+        Ordering::Release,
+    );
     Ok(found)
 }
 
@@ -284,7 +287,10 @@ pub fn trap_counts() -> (usize, usize) {
 /// show that every copy agrees.
 pub fn patcher_id() -> Result<(usize, bool)> {
     let owner = owner()?;
-    Ok((owner as *const PatcherV1 as usize, std::ptr::eq(owner, this())))
+    Ok((
+        owner as *const PatcherV1 as usize,
+        std::ptr::eq(owner, this()),
+    ))
 }
 
 static CLAIMED: AtomicBool = AtomicBool::new(false);
@@ -504,8 +510,8 @@ impl WireError {
     }
 
     fn into_error(self) -> Error {
-        let text = String::from_utf8_lossy(&self.text[..(self.text_len as usize).min(480)])
-            .into_owned();
+        let text =
+            String::from_utf8_lossy(&self.text[..(self.text_len as usize).min(480)]).into_owned();
         let bytes = |i: usize| CodeBytes {
             addr: self.addrs[0],
             bytes: self.code[i].as_slice().to_vec(),

@@ -5,10 +5,10 @@
 //! empty for the default itself) and two `u16` lengths (default, candidate). A site's candidates
 //! are contiguous and in priority order, the default last.
 
-use std::ffi::CStr;
 use super::{IndexCell, Table};
 use crate::engine::{self, PatchGuard};
 use crate::{Error, Location, Result};
+use std::ffi::CStr;
 
 /// Name of the section holding alternatives.
 pub const ALT_SECTION: &str = "textpoke_alt_v1";

@@ -75,6 +75,16 @@ impl CallIndex {
 
 pub(super) static INDEX: IndexCell<Result<CallIndex>> = IndexCell::new();
 
+/// Every static call's state address in the index, if the index was built (for teardown at
+/// unload, without the lock).
+pub(crate) fn cores() -> Vec<usize> {
+    INDEX
+        .peek()
+        .and_then(|r| r.as_ref().ok())
+        .map(|i| i.calls.iter().map(|c| c.core).collect())
+        .unwrap_or_default()
+}
+
 /// The index, built and validated on first use.
 pub(crate) fn call_index(lock: &PatchGuard) -> Result<&'static CallIndex> {
     INDEX

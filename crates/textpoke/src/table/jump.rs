@@ -6,8 +6,8 @@
 
 use super::{IndexCell, Table};
 use crate::arch::JUMP_LABEL_LEN;
-use crate::key::KeyCore;
 use crate::engine::{self, PatchGuard};
+use crate::key::KeyCore;
 use crate::{Error, Result};
 
 /// Name of the section holding static-branch entries.

@@ -40,6 +40,13 @@ impl<T> IndexCell<T> {
         unsafe { &*p }
     }
 
+    /// The index, if it was built. For teardown at unload only: it may be freed meanwhile by
+    /// [`release`](Self::release) alone.
+    pub fn peek(&self) -> Option<&T> {
+        // SAFETY: a stored pointer is a leaked box, freed only by `release`.
+        unsafe { self.ptr.load(Ordering::Acquire).as_ref() }
+    }
+
     /// Frees the index.
     ///
     /// # Safety

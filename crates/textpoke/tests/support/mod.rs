@@ -83,3 +83,63 @@ pub fn install_sigtrap(
         old
     }
 }
+
+/// Runs test `name` of this test binary alone in a fresh process (the same binary, run again
+/// with `--exact name`), so that one crash cannot hide another and no earlier test's state
+/// leaks in; `body` runs only there. Fails with the child's output if it fails or dies.
+pub fn fresh(name: &str, body: impl FnOnce()) {
+    const VAR: &str = "TEXTPOKE_FRESH_CHILD";
+    if std::env::var_os(VAR).is_some_and(|v| v == name) {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(VAR, name)
+        .output()
+        .expect("run the test binary again");
+    assert!(
+        out.status.success(),
+        "{name} in a fresh process: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 passed"),
+        "{name} did not run in the fresh process:\n{stdout}"
+    );
+}
+
+/// A SIGTRAP handler that counts, installed before anything else in a test process.
+pub mod counting_trap {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn count(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        COUNT.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Installs it.
+    pub fn install() {
+        super::install_sigtrap(count);
+    }
+
+    /// Traps it has seen.
+    pub fn count_so_far() -> usize {
+        COUNT.load(Ordering::SeqCst)
+    }
+
+    /// Runs a user `int3` and a `raise(SIGTRAP)`, and checks each reached the handler once.
+    pub fn check_both_reach_it(when: &str) {
+        let before = count_so_far();
+        // SAFETY: a SIGTRAP handler that returns is installed, so execution continues.
+        unsafe { core::arch::asm!("int3") };
+        assert_eq!(count_so_far(), before + 1, "user int3 {when}");
+        // SAFETY: as above.
+        unsafe { libc::raise(libc::SIGTRAP) };
+        assert_eq!(count_so_far(), before + 2, "raise(SIGTRAP) {when}");
+    }
+}

@@ -12,7 +12,7 @@ mod threads;
 pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub(crate) use rendezvous::rendezvous_note;
-pub use rendezvous::{first_rendezvous, pin_object_of};
+pub use rendezvous::{ObjectRef, first_rendezvous, hold_object_of, pin_object_of};
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, threads_blocking_sigtrap};

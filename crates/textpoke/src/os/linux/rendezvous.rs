@@ -77,8 +77,7 @@ pub fn first_rendezvous() -> Option<Rendezvous> {
             let align = (ph.p_align as usize).max(4);
             // SAFETY: a PT_NOTE segment lies inside a loaded segment of the object, mapped
             // readable for `p_memsz` bytes.
-            if let Some((version, anchor)) =
-                unsafe { find_note(start, ph.p_memsz as usize, align) }
+            if let Some((version, anchor)) = unsafe { find_note(start, ph.p_memsz as usize, align) }
             {
                 // SAFETY: a non-null name is a NUL-terminated string owned by the loader.
                 let object = if main || info.dlpi_name.is_null() {
@@ -160,8 +159,12 @@ pub fn pin_object_of(addr: usize) -> bool {
     };
     // SAFETY: RTLD_NOLOAD never loads anything: it takes a reference to an object that is
     // already loaded (and, with RTLD_NODELETE, keeps it for good), or returns null.
-    let handle =
-        unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | RTLD_NODELETE | libc::RTLD_LAZY) };
+    let handle = unsafe {
+        libc::dlopen(
+            cname.as_ptr(),
+            libc::RTLD_NOLOAD | RTLD_NODELETE | libc::RTLD_LAZY,
+        )
+    };
     // The handle is deliberately leaked: the object now stays. It must still be the object
     // that holds `addr` (not one loaded under the same name after it went).
     !handle.is_null() && dl_object_of(addr) == Some((name, base))
@@ -232,4 +235,62 @@ pub fn objects_generation() -> (u64, u64) {
     // SAFETY: the callback matches the expected signature and only uses `data` as above.
     unsafe { libc::dl_iterate_phdr(Some(first), &mut out as *mut (u64, u64) as *mut _) };
     out
+}
+
+/// A reference on a loaded object that keeps it loaded (`dlopen(RTLD_NOLOAD)`); released with
+/// `dlclose` on drop. Take and drop it outside the patch lock (see [`pin_object_of`]).
+#[derive(Debug)]
+pub struct ObjectRef(std::ptr::NonNull<libc::c_void>);
+
+// SAFETY: a loader handle may be closed from any thread.
+unsafe impl Send for ObjectRef {}
+// SAFETY: as above; it is never used but to be closed.
+unsafe impl Sync for ObjectRef {}
+
+impl ObjectRef {
+    /// The handle, to store; [`from_raw`](Self::from_raw) takes it back.
+    pub fn into_raw(self) -> *mut libc::c_void {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    /// Takes back a handle from [`into_raw`](Self::into_raw); `None` for null.
+    ///
+    /// # Safety
+    ///
+    /// `p` is null or came from `into_raw`, and is taken back once.
+    pub unsafe fn from_raw(p: *mut libc::c_void) -> Option<Self> {
+        std::ptr::NonNull::new(p).map(ObjectRef)
+    }
+}
+
+impl Drop for ObjectRef {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `dlopen` and is closed once.
+        unsafe { libc::dlclose(self.0.as_ptr()) };
+    }
+}
+
+/// A reference on the object holding `target`, so that it stays loaded while something
+/// (a static call) points into it. `Ok(None)` when none is needed: the target is in the main
+/// program, in the same object as `home`, or in no object at all (callers refuse that
+/// themselves). `Err(())` when the object is going away. Takes the loader's lock: never call
+/// it under the patch lock.
+pub fn hold_object_of(target: usize, home: usize) -> Result<Option<ObjectRef>, ()> {
+    let Some((name, base)) = dl_object_of(target) else {
+        return Ok(None);
+    };
+    if in_main_program(target) || dl_object_of(home).is_some_and(|(_, b)| b == base) {
+        return Ok(None);
+    }
+    let cname = CString::new(name.clone()).map_err(drop)?;
+    // SAFETY: RTLD_NOLOAD only takes a reference to an object that is already loaded.
+    let handle = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+    let held = std::ptr::NonNull::new(handle).map(ObjectRef).ok_or(())?;
+    // It must be the object that holds `target`, not one loaded under the same name since.
+    if dl_object_of(target) != Some((name, base)) {
+        return Err(());
+    }
+    Ok(Some(held))
 }

@@ -66,7 +66,11 @@ fn last_errno() -> rustix::io::Errno {
 /// bytes of a returned `sa_mask`; the rest of the 128-byte `sigset_t` is left as it was).
 fn kernel_bits(set: &libc::sigset_t) -> u64 {
     // SAFETY: a sigset_t is a plain bit array of at least 8 bytes on Linux.
-    unsafe { (set as *const libc::sigset_t).cast::<u64>().read_unaligned() }
+    unsafe {
+        (set as *const libc::sigset_t)
+            .cast::<u64>()
+            .read_unaligned()
+    }
 }
 
 /// The signals in either set.

@@ -1,0 +1,204 @@
+//! One patcher per process with plugins: `cdylib`s with their own copy of textpoke, loaded with
+//! `dlopen(RTLD_LOCAL)` from distinct files, patching, and unloaded, in any order. Each test
+//! runs alone in a fresh process.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use support::{counting_trap, fresh};
+use textpoke::{StaticKey, static_branch_unlikely};
+use textpoke_fixture::Plugin;
+
+static KEY: StaticKey = StaticKey::new();
+
+#[inline(never)]
+fn site() -> bool {
+    static_branch_unlikely!(KEY)
+}
+
+textpoke::static_call! {
+    static EXT: extern "C" fn(u64) -> u64 = plus_ten;
+}
+
+extern "C" fn plus_ten(x: u64) -> u64 {
+    x + 10
+}
+
+fn load(n: usize) -> Plugin {
+    Plugin::load(n).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Whether any mapping of `path` is in this process.
+fn mapped(path: &std::path::Path) -> bool {
+    let path = path.display().to_string();
+    support::maps().iter().any(|m| m.3 == path)
+}
+
+#[test]
+fn plugins_share_the_executables_patcher() {
+    fresh("plugins_share_the_executables_patcher", || {
+        let (exe, exe_is_self) = textpoke::__private::patcher_id().unwrap();
+        assert!(
+            exe_is_self,
+            "the executable's copy comes first in load order"
+        );
+        let plugins: Vec<Plugin> = (0..3).map(load).collect();
+        for p in &plugins {
+            assert_eq!(p.patcher(), (exe, false), "{}", p.path().display());
+        }
+        for (i, p) in plugins.iter().enumerate() {
+            assert_eq!(p.run(0), 0, "sites start disabled (compiled in)");
+            p.set(0, true).unwrap();
+            assert_eq!(p.run(0), 8);
+            p.set_all(0b1010).unwrap();
+            assert_eq!((p.run(0), p.run(1), p.run(3)), (0, 8, 8));
+            assert_eq!(p.call(5), 6);
+            p.retarget(2 + i % 2).unwrap();
+            assert_eq!(p.call(5), 7 + (i % 2) as u64);
+            assert_eq!(p.alt(), 1, "the first run applies, then runs the default");
+            assert_eq!(p.alt(), 2, "now the SSE2 replacement runs");
+        }
+        // Each plugin's keys are its own.
+        assert_eq!(plugins[0].run(1), 8);
+        plugins[0].set(1, false).unwrap();
+        assert_eq!((plugins[0].run(1), plugins[1].run(1)), (0, 8));
+    });
+}
+
+#[test]
+fn user_traps_reach_the_users_handler_once_whatever_patched() {
+    fresh(
+        "user_traps_reach_the_users_handler_once_whatever_patched",
+        || {
+            counting_trap::install();
+            counting_trap::check_both_reach_it("before textpoke");
+            KEY.enable().unwrap();
+            counting_trap::check_both_reach_it("after the executable patched");
+            let a = load(0);
+            a.set(0, true).unwrap();
+            counting_trap::check_both_reach_it("after plugin a patched");
+            KEY.disable().unwrap();
+            counting_trap::check_both_reach_it("after the executable patched again");
+            let b = load(1);
+            let c = load(2);
+            b.retarget(3).unwrap();
+            c.set_all(0xf).unwrap();
+            a.set(0, false).unwrap();
+            counting_trap::check_both_reach_it("with three plugins loaded");
+            drop(a);
+            counting_trap::check_both_reach_it("after dlclose of a plugin that patched");
+            drop(b);
+            drop(c);
+            counting_trap::check_both_reach_it("after dlclose of every plugin");
+            KEY.enable().unwrap();
+            counting_trap::check_both_reach_it("after the executable patched last");
+        },
+    );
+}
+
+#[test]
+fn executable_sites_mid_batch_with_three_plugins_loaded() {
+    fresh(
+        "executable_sites_mid_batch_with_three_plugins_loaded",
+        || {
+            let plugins: Vec<Plugin> = (0..3).map(load).collect();
+            for p in &plugins {
+                p.set(0, true).unwrap();
+                p.retarget(2).unwrap();
+            }
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::black_box(site());
+                        }
+                    });
+                }
+                for i in 0..2000 {
+                    KEY.enable().unwrap();
+                    KEY.disable().unwrap();
+                    plugins[i % 3].set(1, i % 2 == 0).unwrap();
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            assert!(!site());
+        },
+    );
+}
+
+#[test]
+fn update_to_a_function_of_an_unloaded_object_is_refused() {
+    fresh(
+        "update_to_a_function_of_an_unloaded_object_is_refused",
+        || {
+            let plugin = load(0);
+            let path = plugin.path().to_path_buf();
+            let double = plugin.double_fn();
+            EXT.update(double).unwrap();
+            assert_eq!(EXT.call(4), 8);
+            // The call points into the plugin: it stays loaded though the program closes it.
+            drop(plugin);
+            assert!(mapped(&path), "a static call's target object stays loaded");
+            assert_eq!(EXT.call(5), 10);
+            // Pointing the call elsewhere lets it go.
+            EXT.update(plus_ten).unwrap();
+            assert!(!mapped(&path), "unloaded once no call points into it");
+            let err = EXT.update(double).unwrap_err();
+            assert!(
+                matches!(err, textpoke::Error::BadTarget { .. }),
+                "update into an unloaded object: {err}"
+            );
+            assert_eq!(EXT.call(1), 11, "nothing was written");
+        },
+    );
+}
+
+/// A dlopen / patch / dlclose cycle of one plugin copy, while this process's own sites run.
+fn cycle(i: usize) {
+    let p = load(i % 4);
+    p.set(i % 4, true).unwrap();
+    assert_eq!(p.run(i % 4), 8);
+    p.retarget(1 + i % 3).unwrap();
+    assert_eq!(p.call(1), 2 + (i % 3) as u64);
+    p.set_all(i as u64).unwrap();
+    drop(p);
+}
+
+#[test]
+fn thousand_plugin_cycles_while_the_executable_toggles() {
+    for round in 0..3 {
+        let name = "thousand_plugin_cycles_while_the_executable_toggles";
+        if std::env::var_os("TEXTPOKE_FRESH_CHILD").is_none() {
+            eprintln!("round {round}");
+        }
+        fresh(name, || {
+            counting_trap::install();
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::black_box(site());
+                        }
+                    });
+                }
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        KEY.enable().unwrap();
+                        KEY.disable().unwrap();
+                    }
+                });
+                for i in 0..1000 {
+                    cycle(i);
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            counting_trap::check_both_reach_it("after 1,000 plugin cycles");
+        });
+        if std::env::var_os("TEXTPOKE_FRESH_CHILD").is_some() {
+            return;
+        }
+    }
+}
