@@ -1,0 +1,52 @@
+//! Memory stays flat over many batches by the executable and a plugin in turn, with a user
+//! handler installed over textpoke's now and then.
+
+mod support;
+
+use textpoke::StaticKey;
+use textpoke_fixture::Plugin;
+
+static KEY: StaticKey = StaticKey::new();
+
+extern "C" fn user(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn rss_kib() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn rss_is_flat_over_100k_alternating_batches() {
+    support::fresh("rss_is_flat_over_100k_alternating_batches", || {
+        let plugin = Plugin::load(0).unwrap();
+        let mut batch = |i: usize| {
+            if i % 2 == 0 {
+                KEY.enable().unwrap();
+                KEY.disable().unwrap();
+            } else {
+                plugin.set(0, i % 4 == 1).unwrap();
+            }
+            if i % 100 == 0 {
+                // Over textpoke's handler; the next batch installs textpoke's again on top.
+                support::install_sigtrap(user);
+            }
+        };
+        for i in 0..10_000 {
+            batch(i);
+        }
+        let before = rss_kib();
+        for i in 0..100_000 {
+            batch(i);
+        }
+        let after = rss_kib();
+        eprintln!("RSS {before} KiB -> {after} KiB");
+        assert!(
+            after <= before + 1024,
+            "RSS grew from {before} KiB to {after} KiB over 100k batches"
+        );
+    });
+}
