@@ -87,7 +87,10 @@ impl Plugin {
                 }
                 // SAFETY: the plugin defines the symbol with the signature of the field it is
                 // stored in (see textpoke-plugin's C API, version API_VERSION).
-                unsafe { std::mem::transmute::<*mut libc::c_void, _>(p) }
+                #[allow(clippy::missing_transmute_annotations)] // the field's type names it
+                unsafe {
+                    std::mem::transmute::<*mut libc::c_void, _>(p)
+                }
             }};
         }
         let version: extern "C" fn() -> u32 = sym!("tpp_api_version");

@@ -23,14 +23,14 @@ fn rss_kib() -> usize {
 fn rss_is_flat_over_100k_alternating_batches() {
     support::fresh("rss_is_flat_over_100k_alternating_batches", || {
         let plugin = Plugin::load(0).unwrap();
-        let mut batch = |i: usize| {
-            if i % 2 == 0 {
+        let batch = |i: usize| {
+            if i.is_multiple_of(2) {
                 KEY.enable().unwrap();
                 KEY.disable().unwrap();
             } else {
                 plugin.set(0, i % 4 == 1).unwrap();
             }
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 // Over textpoke's handler; the next batch installs textpoke's again on top.
                 support::install_sigtrap(user);
             }

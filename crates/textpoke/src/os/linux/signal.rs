@@ -110,9 +110,9 @@ fn push_previous(found: &libc::sigaction) {
     let depth = DEPTH.load(Ordering::Acquire);
     // A disposition already in the stack was restored by whoever replaced it: forget the newer
     // ones above it.
-    for i in 0..depth {
+    for (i, entry) in STACK.iter().enumerate().take(depth) {
         // SAFETY: live stack entries are interned, never-freed copies.
-        if same(unsafe { &*STACK[i].load(Ordering::Acquire) }, found) {
+        if same(unsafe { &*entry.load(Ordering::Acquire) }, found) {
             DEPTH.store(i + 1, Ordering::Release);
             return;
         }
