@@ -297,7 +297,9 @@ fn write_phase(
     }
     os::serialize_all_cores()?;
     stats.syncs += 1;
-    Ok(())
+    // A SIGTRAP handler installed over ours now would be handed our breakpoints: look at every
+    // phase, not only before the batch, so that such a window lasts one phase at most.
+    os::ensure_trap_handler()
 }
 
 /// The breakpoint-first protocol, writing `to(p)` over every site. Data pokes are written whole

@@ -17,9 +17,10 @@ pub struct ThreadInfo {
 
 /// Threads of this process whose signal mask blocks SIGTRAP.
 ///
-/// A thread is listed only if it blocks SIGTRAP each time it is looked at over about 150 µs:
+/// A thread is listed only if it blocks SIGTRAP each time it is looked at over about 3 ms:
 /// glibc runs a thread's first instructions, and the end of `pthread_create` in its creator,
-/// with every signal blocked, for microseconds, and no site runs there. (A thread inside
+/// with every signal blocked, for microseconds (longer if it is preempted there), and no site
+/// runs there. (A thread inside
 /// textpoke's own handler does not block SIGTRAP at all: the handler runs with it unblocked.)
 pub fn threads_blocking_sigtrap() -> Result<Vec<ThreadInfo>> {
     let io = |what: &str, e: std::io::Error| {
@@ -56,7 +57,7 @@ pub fn threads_blocking_sigtrap() -> Result<Vec<ThreadInfo>> {
         if out.is_empty() {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_micros(50));
+        std::thread::sleep(std::time::Duration::from_millis(1));
         out.retain(|(path, _)| {
             std::fs::read_to_string(path.join("status")).is_ok_and(|s| blocks_sigtrap(&s))
         });
