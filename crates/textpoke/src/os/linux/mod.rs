@@ -7,6 +7,7 @@ mod objects;
 mod signal;
 mod sync;
 mod threads;
+mod valgrind;
 
 pub use lock::{PatchGuard, lock_shared_state_addr};
 pub use mem::write_code;
@@ -14,6 +15,7 @@ pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_con
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, threads_blocking_sigtrap};
+pub use valgrind::running as running_on_valgrind;
 
 /// Takes the process-wide patch lock. The first call also registers the fork handlers, so that
 /// a child never inherits a held lock or this copy's per-process state.
