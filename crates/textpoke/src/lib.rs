@@ -38,6 +38,18 @@
 //! serialized with `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`. Batches are serialized by one
 //! process-wide lock, shared even between semver-incompatible copies of this crate.
 //!
+//! ## Under valgrind
+//!
+//! Valgrind runs cached translations of the program's code and does not see writes made
+//! through `/proc/self/mem`, so after every write textpoke asks it, with the client request
+//! `VALGRIND_DISCARD_TRANSLATIONS`, to drop the translations of the written range: every
+//! change then reaches every thread, with valgrind's default options. Its `SIGTRAP` for an
+//! `int3` (reported as `TRAP_BRKPT`, not the kernel's `SI_KERNEL`) is emulated like the
+//! kernel's. Where valgrind does not offer `membarrier` SYNC_CORE, core sync is skipped there,
+//! and only there: valgrind runs one thread at a time and switches only between translated
+//! blocks, so the discard alone brings every thread to the new code. Natively the cost is one
+//! cached flag check per write.
+//!
 //! Platform: x86-64 Linux.
 
 #![warn(missing_docs)]
@@ -85,7 +97,7 @@ pub mod __private {
     pub use crate::engine::{
         MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
     };
-    pub use crate::os::loaded_objects;
+    pub use crate::os::{loaded_objects, running_on_valgrind};
     pub use crate::table::jump::jump_table_bytes;
 
     /// The compile-time initial state of a key, for the site macros.

@@ -3,6 +3,10 @@
 //! The kernel writes through its own mapping of the page (`FOLL_FORCE`), so no user mapping is
 //! ever made writable: W^X holds at every instant, and the text stays attributed to its file in
 //! `/proc/self/maps`.
+//!
+//! Under valgrind, whose cached translations of the old code would otherwise keep running,
+//! every write is followed by a request to discard the translations of the written range (see
+//! [`super::valgrind`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +29,16 @@ pub(super) fn forget_after_fork() {
     STALE.store(true, Ordering::Relaxed);
 }
 
-/// Writes `bytes` at `addr` in this process's memory.
+/// Writes `bytes` at `addr` in this process's memory. On return, under valgrind too, no thread
+/// runs code translated from the bytes that were there before.
 pub fn write_code(addr: usize, bytes: &[u8]) -> Result<()> {
+    let written = write(addr, bytes);
+    // Even after a failed or partial write: some bytes may have changed.
+    super::valgrind::discard_translations(addr, bytes.len());
+    written
+}
+
+fn write(addr: usize, bytes: &[u8]) -> Result<()> {
     let mut guard = MEM.lock().unwrap_or_else(|e| e.into_inner());
     let pid = rustix::process::getpid();
     if STALE.swap(false, Ordering::Relaxed) || guard.as_ref().is_some_and(|m| m.pid != pid) {

@@ -8,6 +8,7 @@ mod rendezvous;
 mod signal;
 mod sync;
 mod threads;
+mod valgrind;
 
 pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
@@ -16,6 +17,7 @@ pub use rendezvous::{ObjectRef, first_rendezvous, hold_object_of, pin_object_of}
 pub use signal::ensure_trap_handler;
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, threads_blocking_sigtrap};
+pub use valgrind::running as running_on_valgrind;
 
 /// Registers this copy's fork handler (once), so that a child never keeps this copy's
 /// per-process state.

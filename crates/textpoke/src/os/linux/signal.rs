@@ -171,11 +171,22 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // SAFETY: the kernel passes the trapped thread's ucontext to an SA_SIGINFO handler.
     let ours = unsafe { breakpoint(ctx.cast()) };
     // SAFETY: as above, `info` is valid.
-    let from_int3 = unsafe { (*info).si_code } == libc::SI_KERNEL;
+    let from_int3 = from_breakpoint(unsafe { (*info).si_code });
     if !ours || !from_int3 {
         // SAFETY: forwarding the kernel's own arguments.
         unsafe { chain(sig, info, ctx) };
     }
+}
+
+/// Whether a SIGTRAP's `si_code` says the kernel raised it for an `int3`.
+///
+/// The kernel reports an `int3` as SI_KERNEL. Valgrind raises its own SIGTRAP for an `int3` it
+/// translated, with TRAP_BRKPT, and for nothing else (a `tgkill` from the program shows as
+/// SI_TKILL, and valgrind delivers it as a signal of its own, never merged with this one).
+/// Natively TRAP_BRKPT means a hardware breakpoint, someone else's: so it counts only under
+/// valgrind, checked only once the common case has failed.
+fn from_breakpoint(code: libc::c_int) -> bool {
+    code == libc::SI_KERNEL || (code == libc::TRAP_BRKPT && super::valgrind::running())
 }
 
 /// Gives a trap to the engine. Returns whether it was one of textpoke's breakpoints.
@@ -278,7 +289,7 @@ unsafe fn call_previous(
     let prev = (!prev.is_null()).then(|| unsafe { &*prev });
     let action = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
     // SAFETY: `info` is valid (see `handler`).
-    let from_kernel = unsafe { (*info).si_code } == libc::SI_KERNEL;
+    let from_kernel = from_breakpoint(unsafe { (*info).si_code });
     if action == libc::SIG_IGN && !from_kernel {
         return;
     }
