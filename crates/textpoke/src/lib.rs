@@ -35,8 +35,44 @@
 //! serialize. A thread that meets an `int3` meanwhile is given the new instruction by a
 //! SIGTRAP handler; other traps go to the handler installed before textpoke's. Writes go
 //! through `/proc/self/mem`, so no mapping is ever writable and executable, and cores are
-//! serialized with `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`. Batches are serialized by one
-//! process-wide lock, shared even between semver-incompatible copies of this crate.
+//! serialized with `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`.
+//!
+//! ## One patcher per process
+//!
+//! A process may hold many copies of textpoke: the executable's, one in each plugin (a `cdylib`
+//! loaded with `dlopen`, usually `RTLD_LOCAL`), several semver-incompatible versions in one
+//! object. They behave as one. Every object that carries a copy has an ELF note
+//! (`.note.textpoke`) in a `PT_NOTE` segment pointing at that copy's versioned table of C
+//! functions; program headers are what `dl_iterate_phdr` lists for every loaded object, so no
+//! symbol lookup is involved. The copy whose note comes first in load order (the executable's,
+//! or else the earliest-loaded plugin's) is the **process's patcher**: it owns the one lock that
+//! serializes every batch, the one SIGTRAP handler, the batch in flight and the registry of
+//! every site. The other copies plan their batches from their own tables and hand them over.
+//! The patcher's object is made permanent before anyone calls into it (a plugin that is the
+//! patcher stays loaded after `dlclose`), so the handler never lives in code that can go. A
+//! plugin that is not the patcher unregisters its sites when it is unloaded (waiting for a
+//! batch in flight), and frees its indexes. The map of loaded objects follows `dlopen` and
+//! `dlclose`, and a static call that points into another shared object keeps that object
+//! loaded until it is pointed elsewhere. The note and the table carry a rendezvous version; a
+//! copy that cannot speak the patcher's refuses with [`Error::Rendezvous`].
+//!
+//! What works across objects: each object's own keys, static calls and alternatives, as in the
+//! executable, correct from the object's first instruction. What does not: a key used from an
+//! object other than the one that declares it and its sites.
+//!
+//! ## Signals and debuggers
+//!
+//! textpoke's SIGTRAP handler runs with every other signal blocked, so no other handler lands
+//! on top of it and meets a site with SIGTRAP blocked, and with SIGTRAP itself unblocked, so a
+//! thread inside it is not reported by [`threads_blocking_sigtrap`]. Every trap that is not its
+//! own goes to the handler installed before it, once, with the mask the kernel would have given
+//! that handler. A thread that blocks SIGTRAP and meets a site mid-batch is killed by the
+//! kernel: [`threads_blocking_sigtrap`] finds such threads, and sites do not belong in signal
+//! handlers whose mask blocks SIGTRAP. A SIGTRAP handler installed over textpoke's while a
+//! batch is in flight is handed textpoke's breakpoints until textpoke looks again, after the
+//! current phase: chain to the handler you replace. Under gdb, a thread that meets a site
+//! mid-batch stops with SIGTRAP; pass it on (`signal SIGTRAP`) and textpoke's handler emulates
+//! the site.
 //!
 //! ## Under valgrind
 //!
@@ -77,10 +113,11 @@ mod table;
 pub use batch::Batch;
 pub use call::{NoopCall, StaticCall};
 pub use engine::PatchStats;
+pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
 pub use key::StaticKey;
 pub use location::Location;
-pub use os::{ThreadInfo, threads_blocking_sigtrap};
+pub use os::ThreadInfo;
 pub use table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 
 /// Instruction knowledge shared by every part of textpoke and its tools.
@@ -97,7 +134,7 @@ pub mod __private {
     pub use crate::engine::{
         MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
     };
-    pub use crate::os::{loaded_objects, running_on_valgrind};
+    pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
     pub use crate::table::jump::jump_table_bytes;
 
     /// The compile-time initial state of a key, for the site macros.

@@ -17,7 +17,9 @@ mod runs;
 mod trap;
 
 pub use code::{Code, MAX_CODE};
-pub use patcher::{PatchGuard, lock, patcher_id, register_sites, trap_counts, try_lock};
+pub use patcher::{
+    PatchGuard, lock, patcher_id, register_sites, threads_blocking_sigtrap, trap_counts, try_lock,
+};
 pub use runs::MERGE_GAP;
 use runs::Run;
 pub use trap::on_breakpoint;

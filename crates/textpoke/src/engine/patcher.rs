@@ -69,6 +69,11 @@ pub struct PatcherV1 {
     trap_counts: unsafe extern "C" fn(*mut usize, *mut usize),
     /// Whether the process is exiting (nothing is torn down then).
     exiting: extern "C" fn() -> bool,
+    /// Whether a thread (by id) is running the patcher's SIGTRAP handler, or left it within
+    /// the given number of nanoseconds.
+    in_trap_handler: extern "C" fn(i32, u64) -> bool,
+    /// The first instruction of the patcher's SIGTRAP handler.
+    trap_handler_entry: extern "C" fn() -> usize,
 }
 
 const fn name() -> [u8; 32] {
@@ -103,6 +108,8 @@ static PATCHER: PatcherV1 = PatcherV1 {
     unregister: abi_unregister,
     trap_counts: abi_trap_counts,
     exiting: abi_exiting,
+    in_trap_handler: abi_in_trap_handler,
+    trap_handler_entry: abi_trap_handler_entry,
 };
 
 os::rendezvous_note!(PATCHER, "1");
@@ -283,6 +290,22 @@ pub fn trap_counts() -> (usize, usize) {
     (emulated, rewound)
 }
 
+/// Threads of this process whose signal mask blocks SIGTRAP: a thread that meets a site
+/// mid-batch while it blocks SIGTRAP is killed by the kernel (a trap signal cannot be
+/// blocked), so a program can look for such threads before it patches. A thread on textpoke's
+/// own SIGTRAP handler path (which blocks SIGTRAP while it runs) is not listed.
+pub fn threads_blocking_sigtrap() -> Result<Vec<os::ThreadInfo>> {
+    let owner = OWNER.load(Ordering::Acquire);
+    // SAFETY: OWNER only holds tables of permanent objects.
+    let owner = unsafe { owner.as_ref() };
+    let inside = |tid, within| owner.is_some_and(|o| (o.in_trap_handler)(tid, within));
+    os::threads_blocking_sigtrap(&os::TrapView {
+        inside: &inside,
+        // Without a patcher yet, no thread is on its handler path.
+        entry: owner.map_or(usize::MAX, |o| (o.trap_handler_entry)()),
+    })
+}
+
 /// Address of the process's patcher's table, and whether it is this copy's: tests use it to
 /// show that every copy agrees.
 pub fn patcher_id() -> Result<(usize, bool)> {
@@ -326,6 +349,14 @@ extern "C" fn abi_try_lock() -> bool {
 
 extern "C" fn abi_unlock() {
     os::lock::unlock();
+}
+
+extern "C" fn abi_in_trap_handler(tid: i32, within_ns: u64) -> bool {
+    os::in_trap_handler(tid, within_ns)
+}
+
+extern "C" fn abi_trap_handler_entry() -> usize {
+    os::trap_handler_entry()
 }
 
 extern "C" fn abi_exiting() -> bool {

@@ -217,12 +217,15 @@ unsafe fn lookup(regs: &mut Regs) -> bool {
     if !registered(addr) {
         return false;
     }
+    // The site's first byte, read now: between the two generation loads, not when compared
+    // (a borrowed slice would be read after the second load, and a batch could have begun and
+    // written its breakpoint in between, which would then look like someone else's).
     // SAFETY: a registered site lies in an executable segment of a loaded object (its object
     // unregisters it, waiting for us, before it is unmapped), which is mapped readable; the
-    // bytes are read as plain data.
-    let now = unsafe { std::slice::from_raw_parts(addr as *const u8, arch::BREAKPOINT.len()) };
+    // byte is read as plain data.
+    let now = unsafe { std::ptr::read_volatile(addr as *const u8) };
     let settled = generation.is_multiple_of(2) && GENERATION.load(Ordering::SeqCst) == generation;
-    if now == arch::BREAKPOINT && settled {
+    if now == arch::BREAKPOINT[0] && settled {
         // A breakpoint at our site with no batch in flight, before or since we looked: not
         // ours (a probe or a debugger's). Rewinding would trap forever.
         return false;

@@ -10,11 +10,12 @@
 //! one handler whatever the number of copies of textpoke, and it lives in an object that is
 //! never unloaded.
 //!
-//! **Masks.** The handler runs with every signal blocked but SIGTRAP (`SA_NODEFER`): no other
-//! handler can land on top of it and inherit a blocked SIGTRAP (a thread that met a site there
-//! mid-batch would be killed by the kernel), and a thread inside it does not show SIGTRAP as
-//! blocked to [`threads_blocking_sigtrap`](super::threads_blocking_sigtrap). A handler it chains
-//! to runs with the mask the kernel would have given it.
+//! **Masks.** The handler runs with every signal blocked, SIGTRAP included: no other handler
+//! can land on top of it and meet a site with SIGTRAP blocked (the kernel would kill the
+//! thread), and a flood of SIGTRAPs sent with `tgkill` waits instead of nesting without bound.
+//! A thread inside it therefore shows SIGTRAP as blocked in `/proc`, so the handler records the
+//! threads that run it, and [`threads_blocking_sigtrap`](super::threads_blocking_sigtrap) leaves
+//! them out. A handler it chains to runs with the mask the kernel would have given it.
 //!
 //! **Chaining.** The disposition found when textpoke first installs its handler is the bottom of
 //! a short stack. When a later handler is found installed over textpoke's (checked before every
@@ -24,7 +25,7 @@
 //! most once per trap.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::Regs;
 use crate::{Error, Result};
@@ -141,15 +142,9 @@ pub fn ensure_trap_handler() -> Result<()> {
     let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
     ours.sa_sigaction = our_handler();
     // Run on the alternate stack only if the handler we chain to asked for it.
-    ours.sa_flags = libc::SA_SIGINFO
-        | libc::SA_RESTART
-        | libc::SA_NODEFER
-        | (current.sa_flags & libc::SA_ONSTACK);
-    // SAFETY: `sa_mask` is a valid sigset to fill and edit.
-    unsafe {
-        libc::sigfillset(&mut ours.sa_mask);
-        libc::sigdelset(&mut ours.sa_mask, libc::SIGTRAP);
-    }
+    ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | (current.sa_flags & libc::SA_ONSTACK);
+    // SAFETY: `sa_mask` is a valid sigset to fill.
+    unsafe { libc::sigfillset(&mut ours.sa_mask) };
     // SAFETY: a zeroed `sigaction` is a valid out-parameter.
     let mut replaced: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: installs a valid handler; `replaced` receives what was there.
@@ -163,7 +158,76 @@ pub fn ensure_trap_handler() -> Result<()> {
     Ok(())
 }
 
+/// Threads (ids) running the handler now. A thread that finds no free slot is not recorded.
+const INSIDE_SLOTS: usize = 64;
+static INSIDE: [AtomicI32; INSIDE_SLOTS] = [const { AtomicI32::new(0) }; INSIDE_SLOTS];
+/// Threads that left the handler lately, with when (monotonic nanoseconds), in a ring.
+const LEFT_SLOTS: usize = 8192;
+static LEFT: [AtomicI32; LEFT_SLOTS] = [const { AtomicI32::new(0) }; LEFT_SLOTS];
+static LEFT_AT: [AtomicU64; LEFT_SLOTS] = [const { AtomicU64::new(0) }; LEFT_SLOTS];
+static EXITS: AtomicUsize = AtomicUsize::new(0);
+
+/// Monotonic nanoseconds (the vDSO's `clock_gettime`: async-signal-safe).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+/// Whether thread `tid` is running the handler now, or left it within the last `within_ns`
+/// nanoseconds (as far as the ring of recent exits remembers).
+pub fn in_trap_handler(tid: i32, within_ns: u64) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    if INSIDE.iter().any(|s| s.load(Ordering::SeqCst) == tid) {
+        return true;
+    }
+    let since = monotonic_ns().saturating_sub(within_ns);
+    LEFT.iter()
+        .zip(&LEFT_AT)
+        .any(|(t, at)| t.load(Ordering::SeqCst) == tid && at.load(Ordering::SeqCst) >= since)
+}
+
+/// The handler's first instruction: a thread whose signal frame is set up but which has not
+/// run it yet (preempted on its way back to user space) is there.
+pub fn trap_handler_entry() -> usize {
+    our_handler()
+}
+
+/// Spins the handler makes before it looks at the trap: zero, except in tests that widen the
+/// window in which a trap is handled late (see `__private::set_trap_delay`).
+static DELAY_SPINS: AtomicU32 = AtomicU32::new(0);
+
+/// Makes every trap wait `spins` spin-loop hints before it is handled. For tests only.
+pub fn set_trap_delay(spins: u32) {
+    DELAY_SPINS.store(spins, Ordering::Relaxed);
+}
+
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    for _ in 0..DELAY_SPINS.load(Ordering::Relaxed) {
+        std::hint::spin_loop();
+    }
+    let tid = rustix::thread::gettid().as_raw_nonzero().get();
+    let slot = INSIDE.iter().find(|s| {
+        s.compare_exchange(0, tid, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    });
+    // SAFETY: the kernel's own arguments.
+    unsafe { handle(sig, info, ctx) };
+    if let Some(slot) = slot {
+        slot.store(0, Ordering::SeqCst);
+    }
+    let i = EXITS.fetch_add(1, Ordering::Relaxed) % LEFT_SLOTS;
+    LEFT_AT[i].store(monotonic_ns(), Ordering::SeqCst);
+    LEFT[i].store(tid, Ordering::SeqCst);
+}
+
+/// # Safety
+///
+/// Arguments must be the kernel's, as received by `handler`.
+unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // Decide by address, not by `si_code`: SIGTRAP does not queue, so if another SIGTRAP was
     // already pending (a `tgkill`, a perf event) when the thread hit our breakpoint, the
     // kernel delivers only that one. A thread is never at a site's second byte except after
@@ -295,8 +359,8 @@ unsafe fn call_previous(
     }
     if action == libc::SIG_DFL || action == libc::SIG_IGN {
         // A trap the kernel raised cannot be ignored; the default action ends the process.
-        // Restore it and re-raise (SIGTRAP is not blocked here: it is delivered at once, with
-        // a core dump).
+        // Restore it and re-raise, with a core dump (at once, or as soon as this handler
+        // returns if a sent SIGTRAP blocked it).
         // SAFETY: `signal` and `raise` are async-signal-safe.
         unsafe {
             libc::signal(sig, libc::SIG_DFL);
