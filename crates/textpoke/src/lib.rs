@@ -62,11 +62,11 @@
 //!
 //! ## Signals and debuggers
 //!
-//! textpoke's SIGTRAP handler runs with every other signal blocked, so no other handler lands
-//! on top of it and meets a site with SIGTRAP blocked, and with SIGTRAP itself unblocked, so a
-//! thread inside it is not reported by [`threads_blocking_sigtrap`]. Every trap that is not its
-//! own goes to the handler installed before it, once, with the mask the kernel would have given
-//! that handler. A thread that blocks SIGTRAP and meets a site mid-batch is killed by the
+//! textpoke's SIGTRAP handler runs with every signal blocked, so no other handler lands on top
+//! of it and meets a site with SIGTRAP blocked, and a flood of SIGTRAPs sent to a thread waits
+//! rather than nests; it records the threads on its path, so [`threads_blocking_sigtrap`] does
+//! not report them. Every trap that is not its own goes to the handler installed before it,
+//! once, with the mask the kernel would have given that handler. A thread that blocks SIGTRAP and meets a site mid-batch is killed by the
 //! kernel: [`threads_blocking_sigtrap`] finds such threads, and sites do not belong in signal
 //! handlers whose mask blocks SIGTRAP. A SIGTRAP handler installed over textpoke's while a
 //! batch is in flight is handed textpoke's breakpoints until textpoke looks again, after the

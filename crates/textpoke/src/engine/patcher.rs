@@ -173,27 +173,39 @@ fn join() -> Result<&'static PatcherV1> {
         // SAFETY: the note points at its copy's `PatcherV1`, a static in an object that is now
         // permanent; its header (magic, version, size) is checked before any function is used.
         let other = unsafe { &*(found.anchor as *const PatcherV1) };
-        if other.magic != MAGIC
-            || other.version != RENDEZVOUS_VERSION
-            || (other.size as usize) < size_of::<PatcherV1>()
-        {
-            return Err(refuse(
-                &found.object,
-                format!(
-                    "its patcher table (version {}, {} bytes) is not a v{RENDEZVOUS_VERSION} \
-                     table of at least {} bytes",
-                    other.version,
-                    other.size,
-                    size_of::<PatcherV1>()
-                ),
-            ));
-        }
+        check_table(other, &found.object)?;
         return claim(other, &found.object);
     }
     Err(refuse(
         "the loaded objects",
         "the object holding the process's patcher kept being unloaded".into(),
     ))
+}
+
+/// Refuses a table this version cannot use: not textpoke's, another rendezvous version, or
+/// shorter than a `v1` table.
+fn check_table(p: &PatcherV1, object: &str) -> Result<()> {
+    if p.magic == MAGIC
+        && p.version == RENDEZVOUS_VERSION
+        && p.size as usize >= size_of::<PatcherV1>()
+    {
+        return Ok(());
+    }
+    Err(Error::Rendezvous {
+        object: object.to_string(),
+        why: format!(
+            "its patcher table ({}, rendezvous v{}, {} bytes) is not a v{RENDEZVOUS_VERSION} table \
+             of at least {} bytes",
+            if p.magic == MAGIC {
+                "textpoke"
+            } else {
+                "no textpoke signature"
+            },
+            p.version,
+            p.size,
+            size_of::<PatcherV1>()
+        ),
+    })
 }
 
 fn claim(p: &'static PatcherV1, object: &str) -> Result<&'static PatcherV1> {
@@ -581,5 +593,73 @@ impl WireError {
                 why: text,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(magic: [u8; 8], version: u32, size: u32) -> PatcherV1 {
+        PatcherV1 {
+            magic,
+            version,
+            size,
+            ..PATCHER
+        }
+    }
+
+    #[test]
+    fn tables_of_other_versions_are_refused_by_name() {
+        assert!(check_table(&PATCHER, "here").is_ok());
+        let later = table(MAGIC, 2, size_of::<PatcherV1>() as u32 + 16);
+        let e = check_table(&later, "/plugins/libnew.so").unwrap_err();
+        assert!(matches!(&e, Error::Rendezvous { object, .. } if object == "/plugins/libnew.so"));
+        assert!(e.to_string().contains("rendezvous v2"), "{e}");
+        let short = table(MAGIC, 1, 16);
+        assert!(
+            check_table(&short, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("16 bytes")
+        );
+        let foreign = table(*b"notours!", 1, size_of::<PatcherV1>() as u32);
+        assert!(
+            check_table(&foreign, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("no textpoke signature")
+        );
+    }
+
+    #[test]
+    fn errors_cross_the_wire_as_the_same_variants() {
+        let e = Error::SiteMismatch {
+            site: Location::of(0x1000),
+            expected: CodeBytes {
+                addr: 0x1000,
+                bytes: vec![0x0f, 0x1f, 0x44, 0, 0],
+            },
+            found: CodeBytes {
+                addr: 0x1000,
+                bytes: vec![0xcc, 0x1f, 0x44, 0, 0],
+            },
+        };
+        let back = WireError::of(&e).into_error();
+        assert!(matches!(
+            &back,
+            Error::SiteMismatch { site, expected, found }
+                if site.addr == 0x1000 && expected.bytes[0] == 0x0f && found.bytes[0] == 0xcc
+        ));
+        let e = Error::syscall("pwrite(/proc/self/mem, 0x1000)", rustix::io::Errno::PERM);
+        assert!(matches!(
+            WireError::of(&e).into_error(),
+            Error::Syscall { call, errno } if call.starts_with("pwrite") && errno == rustix::io::Errno::PERM
+        ));
+        let long = "x".repeat(2000);
+        assert!(matches!(
+            WireError::of(&Error::CoreSyncUnavailable { why: long }).into_error(),
+            Error::CoreSyncUnavailable { why } if why.len() == 480
+        ));
     }
 }

@@ -167,9 +167,15 @@ static LEFT: [AtomicI32; LEFT_SLOTS] = [const { AtomicI32::new(0) }; LEFT_SLOTS]
 static LEFT_AT: [AtomicU64; LEFT_SLOTS] = [const { AtomicU64::new(0) }; LEFT_SLOTS];
 static EXITS: AtomicUsize = AtomicUsize::new(0);
 
-/// Monotonic nanoseconds (the vDSO's `clock_gettime`: async-signal-safe).
+/// Monotonic nanoseconds, from libc's `clock_gettime` (async-signal-safe by POSIX; rustix's
+/// parses the auxiliary vector on first use, which is not, and which fails under valgrind).
 pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-parameter; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     (t.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(t.tv_nsec as u64)
