@@ -10,15 +10,6 @@ static KEY: StaticKey = StaticKey::new();
 
 extern "C" fn user(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-fn rss_kib() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn rss_is_flat_over_100k_alternating_batches() {
     support::fresh("rss_is_flat_over_100k_alternating_batches", || {
@@ -38,11 +29,11 @@ fn rss_is_flat_over_100k_alternating_batches() {
         for i in 0..10_000 {
             batch(i);
         }
-        let before = rss_kib();
+        let before = support::rss_kib();
         for i in 0..100_000 {
             batch(i);
         }
-        let after = rss_kib();
+        let after = support::rss_kib();
         eprintln!("RSS {before} KiB -> {after} KiB");
         assert!(
             after <= before + 1024,

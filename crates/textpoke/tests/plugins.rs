@@ -190,10 +190,20 @@ fn thousand_plugin_cycles_while_the_executable_toggles() {
                         KEY.disable().unwrap();
                     }
                 });
+                let mut warm = 0;
                 for i in 0..1000 {
                     cycle(i);
+                    if i == 99 {
+                        warm = support::rss_kib();
+                    }
                 }
                 stop.store(true, Ordering::Relaxed);
+                let end = support::rss_kib();
+                eprintln!("RSS after 100 cycles {warm} KiB, after 1,000 {end} KiB");
+                assert!(
+                    end <= warm + 4096,
+                    "RSS grew from {warm} KiB to {end} KiB over 900 plugin cycles"
+                );
             });
             counting_trap::check_both_reach_it("after 1,000 plugin cycles");
         });

@@ -187,3 +187,13 @@ pub fn forbid_membarrier() {
         );
     }
 }
+
+/// This process's resident set size, in KiB.
+pub fn rss_kib() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("read /proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
