@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use support::{counting_trap, fresh};
 use textpoke::{StaticKey, static_branch_unlikely};
 use textpoke_fixture::Plugin;
@@ -15,6 +13,11 @@ static KEY: StaticKey = StaticKey::new();
 #[inline(never)]
 fn site() -> bool {
     static_branch_unlikely!(KEY)
+}
+
+fn toggle() {
+    KEY.enable().unwrap();
+    KEY.disable().unwrap();
 }
 
 textpoke::static_call! {
@@ -107,21 +110,11 @@ fn executable_sites_mid_batch_with_three_plugins_loaded() {
                 p.set(0, true).unwrap();
                 p.retarget(2).unwrap();
             }
-            let stop = AtomicBool::new(false);
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    s.spawn(|| {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::hint::black_box(site());
-                        }
-                    });
-                }
+            support::while_busy(2, site, 0, toggle, || {
                 for i in 0..2000 {
-                    KEY.enable().unwrap();
-                    KEY.disable().unwrap();
+                    toggle();
                     plugins[i % 3].set(1, i % 2 == 0).unwrap();
                 }
-                stop.store(true, Ordering::Relaxed);
             });
             assert!(!site());
         },
@@ -168,47 +161,24 @@ fn cycle(i: usize) {
 
 #[test]
 fn thousand_plugin_cycles_while_the_executable_toggles() {
-    for round in 0..3 {
-        let name = "thousand_plugin_cycles_while_the_executable_toggles";
-        if std::env::var_os("TEXTPOKE_FRESH_CHILD").is_none() {
-            eprintln!("round {round}");
-        }
-        fresh(name, || {
-            counting_trap::install();
-            let stop = AtomicBool::new(false);
-            std::thread::scope(|s| {
-                for _ in 0..2 {
-                    s.spawn(|| {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::hint::black_box(site());
-                        }
-                    });
+    let name = "thousand_plugin_cycles_while_the_executable_toggles";
+    support::fresh_rounds(name, 3, || {
+        counting_trap::install();
+        support::while_busy(2, site, 1, toggle, || {
+            let mut warm = 0;
+            for i in 0..1000 {
+                cycle(i);
+                if i == 99 {
+                    warm = support::rss_kib();
                 }
-                s.spawn(|| {
-                    while !stop.load(Ordering::Relaxed) {
-                        KEY.enable().unwrap();
-                        KEY.disable().unwrap();
-                    }
-                });
-                let mut warm = 0;
-                for i in 0..1000 {
-                    cycle(i);
-                    if i == 99 {
-                        warm = support::rss_kib();
-                    }
-                }
-                stop.store(true, Ordering::Relaxed);
-                let end = support::rss_kib();
-                eprintln!("RSS after 100 cycles {warm} KiB, after 1,000 {end} KiB");
-                assert!(
-                    end <= warm + 4096,
-                    "RSS grew from {warm} KiB to {end} KiB over 900 plugin cycles"
-                );
-            });
-            counting_trap::check_both_reach_it("after 1,000 plugin cycles");
+            }
+            let end = support::rss_kib();
+            eprintln!("RSS after 100 cycles {warm} KiB, after 1,000 {end} KiB");
+            assert!(
+                end <= warm + 4096,
+                "RSS grew from {warm} KiB to {end} KiB over 900 plugin cycles"
+            );
         });
-        if std::env::var_os("TEXTPOKE_FRESH_CHILD").is_some() {
-            return;
-        }
-    }
+        counting_trap::check_both_reach_it("after 1,000 plugin cycles");
+    });
 }

@@ -225,6 +225,7 @@ unsafe fn lookup(regs: &mut Regs) -> bool {
     // byte is read as plain data.
     let now = unsafe { std::ptr::read_volatile(addr as *const u8) };
     let settled = generation.is_multiple_of(2) && GENERATION.load(Ordering::SeqCst) == generation;
+    crate::os::trap_timing_point();
     if now == arch::BREAKPOINT[0] && settled {
         // A breakpoint at our site with no batch in flight, before or since we looked: not
         // ours (a probe or a debugger's). Rewinding would trap forever.

@@ -112,6 +112,49 @@ pub fn fresh(name: &str, body: impl FnOnce()) {
     );
 }
 
+/// Runs `rounds` times [`fresh`] for test `name`; the rounds run in the parent only (a fresh
+/// child runs `body` once).
+pub fn fresh_rounds(name: &str, rounds: usize, body: impl Fn()) {
+    for _ in 0..rounds {
+        fresh(name, &body);
+        if std::env::var_os("TEXTPOKE_FRESH_CHILD").is_some() {
+            return;
+        }
+    }
+}
+
+/// Runs `body` while `runners` threads call `site` in a loop, and `others` more threads each
+/// call `other` in a loop (toggling keys, say); they all stop when `body` returns.
+pub fn while_busy<R>(
+    runners: usize,
+    site: fn() -> bool,
+    others: usize,
+    other: fn(),
+    body: impl FnOnce() -> R,
+) -> R {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let running = || !stop.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::scope(|s| {
+        for _ in 0..runners {
+            s.spawn(|| {
+                while running() {
+                    std::hint::black_box(site());
+                }
+            });
+        }
+        for _ in 0..others {
+            s.spawn(|| {
+                while running() {
+                    other();
+                }
+            });
+        }
+        let r = body();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })
+}
+
 /// A SIGTRAP handler that counts, installed before anything else in a test process.
 pub mod counting_trap {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -14,7 +14,9 @@ pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub(crate) use rendezvous::rendezvous_note;
 pub use rendezvous::{ObjectRef, first_rendezvous, hold_object_of, pin_object_of};
-pub use signal::{ensure_trap_handler, in_trap_handler, set_trap_delay, trap_handler_entry};
+pub use signal::{
+    ensure_trap_handler, in_trap_handler, set_trap_delay, trap_handler_entry, trap_timing_point,
+};
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, TrapView, threads_blocking_sigtrap};
 pub use valgrind::running as running_on_valgrind;

@@ -202,19 +202,25 @@ pub fn trap_handler_entry() -> usize {
     our_handler()
 }
 
-/// Spins the handler makes before it looks at the trap: zero, except in tests that widen the
-/// window in which a trap is handled late (see `__private::set_trap_delay`).
+/// Spins the handler makes at the points where timing matters (before it looks at the trap,
+/// and between its looks at the batch): zero, except in tests that widen those windows (see
+/// `__private::set_trap_delay`).
 static DELAY_SPINS: AtomicU32 = AtomicU32::new(0);
 
-/// Makes every trap wait `spins` spin-loop hints before it is handled. For tests only.
+/// Makes every trap wait `spins` spin-loop hints at each timing point. For tests only.
 pub fn set_trap_delay(spins: u32) {
     DELAY_SPINS.store(spins, Ordering::Relaxed);
 }
 
-extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+/// A timing point of the trap path (see [`set_trap_delay`]): nothing unless a test asked.
+pub fn trap_timing_point() {
     for _ in 0..DELAY_SPINS.load(Ordering::Relaxed) {
         std::hint::spin_loop();
     }
+}
+
+extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    trap_timing_point();
     let tid = rustix::thread::gettid().as_raw_nonzero().get();
     let slot = INSIDE.iter().find(|s| {
         s.compare_exchange(0, tid, Ordering::SeqCst, Ordering::Relaxed)
