@@ -182,3 +182,33 @@ fn thousand_plugin_cycles_while_the_executable_toggles() {
         counting_trap::check_both_reach_it("after 1,000 plugin cycles");
     });
 }
+
+#[test]
+fn dlclose_waits_for_a_batch_in_flight() {
+    fresh("dlclose_waits_for_a_batch_in_flight", || {
+        let plugin = load(0);
+        plugin.set(0, true).unwrap(); // its sites are registered with the patcher
+        let path = plugin.path().to_path_buf();
+        // Holding the patch lock stands in for a batch in flight.
+        let held = textpoke::__private::patch_lock().unwrap();
+        let closed = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                drop(plugin);
+                closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(
+                !closed.load(std::sync::atomic::Ordering::SeqCst),
+                "dlclose finished while a batch was in flight"
+            );
+            assert!(mapped(&path), "the plugin is still mapped meanwhile");
+            drop(held);
+        });
+        assert!(closed.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!mapped(&path), "unloaded once the batch was done");
+        // The patcher no longer knows its sites; the executable patches on.
+        KEY.enable().unwrap();
+        assert!(site());
+    });
+}
