@@ -8,6 +8,12 @@ use textpoke_fixture::Plugin;
 
 static KEY: StaticKey = StaticKey::new();
 
+/// The key's site: without one, the executable's toggles would be empty batches.
+#[inline(never)]
+fn site() -> bool {
+    textpoke::static_branch_unlikely!(KEY)
+}
+
 extern "C" fn user(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 #[test]
@@ -17,6 +23,7 @@ fn rss_is_flat_over_100k_alternating_batches() {
         let batch = |i: usize| {
             if i.is_multiple_of(2) {
                 KEY.enable().unwrap();
+                assert!(site());
                 KEY.disable().unwrap();
             } else {
                 plugin.set(0, i % 4 == 1).unwrap();

@@ -110,11 +110,20 @@ fn executable_sites_mid_batch_with_three_plugins_loaded() {
                 p.set(0, true).unwrap();
                 p.retarget(2).unwrap();
             }
+            // The executable toggles its key while the plugins toggle theirs from another
+            // thread, and two threads run the executable's site.
+            let plugins = &plugins;
             support::while_busy(2, site, 0, toggle, || {
-                for i in 0..2000 {
-                    toggle();
-                    plugins[i % 3].set(1, i % 2 == 0).unwrap();
-                }
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        for i in 0..3000 {
+                            plugins[i % 3].set(1, i % 2 == 0).unwrap();
+                        }
+                    });
+                    for _ in 0..3000 {
+                        toggle();
+                    }
+                });
             });
             assert!(!site());
         },
