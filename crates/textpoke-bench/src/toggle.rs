@@ -12,17 +12,28 @@
 //!    its own; the median is reported;
 //! 4. the busy threads stop, the key is left disabled, and the sites are checked once more.
 //!
+//! With `--plugins N`, N copies of the plugin fixture (`textpoke-fixture`: a `cdylib` with its
+//! own copy of textpoke, loaded with `dlopen(RTLD_LOCAL)`, each from its own file) are loaded
+//! first, and for each size step 3 changes: in each of `samples` rounds the executable's key and
+//! then the key of the same size in each plugin are toggled once each, in turn, and before each
+//! toggle the busy threads are switched to run exactly the sites of the key about to be toggled
+//! (the plugin's through its exported `tpp_group_run`) and have completed a full pass of them. So
+//! the executable's and the plugins' toggles are measured under the same load and the same noise;
+//! `textpoke_us_median` then comes from these interleaved toggles, and `plugin_us_median` (over
+//! every plugin toggle) and `plugin_ratio` are added to the row.
+//!
 //! static-keys patches each site by swapping in a patched copy of its page with `mremap`, and its
 //! docs call toggling while other threads run unsupported. By default its busy threads run its
 //! own sites anyway, so that both libraries work under the same load; the `note` of every row
 //! says which way it was measured, and `--static-keys-busy none` measures it without them.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 use textpoke::{Batch, PatchStats};
+use textpoke_fixture::{GroupStats, Plugin};
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
 use crate::sites::{self, SiteGroup};
@@ -61,6 +72,10 @@ pub struct ToggleArgs {
     /// What busy threads run while static-keys toggles.
     #[arg(long, value_enum, default_value_t = PeerBusy::Own)]
     pub static_keys_busy: PeerBusy,
+    /// Also toggle, interleaved with the executable's key, a key with the same number of sites
+    /// in each of N loaded copies of the plugin fixture, and report `plugin_us_median`.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub plugins: usize,
     /// Leave thread placement to the scheduler instead of pinning the patching thread and the
     /// busy threads to different CPUs.
     #[arg(long)]
@@ -105,6 +120,33 @@ pub struct ToggleRow {
     pub static_keys_busy_calls: u64,
     /// How the comparison was made, and anything it could not do.
     pub note: String,
+    /// With `--plugins`: the plugins' keys, measured in the same run (flattened into the row's
+    /// JSON object; absent without plugins).
+    #[serde(flatten)]
+    pub plugin: Option<PluginRow>,
+}
+
+/// The plugin part of a row (`--plugins N`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginRow {
+    /// Plugins loaded, each toggling its own key of `sites` sites.
+    pub plugins: usize,
+    /// Median wall time of one plugin key toggle, over every plugin's, in microseconds.
+    pub plugin_us_median: f64,
+    /// 90th percentile of the plugin toggle times, in microseconds.
+    pub plugin_us_p90: f64,
+    /// `plugin_us_median / textpoke_us_median` (target: at most 1.2).
+    pub plugin_ratio: f64,
+    /// Median of each plugin's own toggles, in microseconds, in load order.
+    pub plugin_us_medians: Vec<f64>,
+    /// Timed plugin toggles, all plugins together.
+    pub plugin_samples: usize,
+    /// `pwrite` calls per plugin toggle (median, from the plugin's `PatchStats`).
+    pub plugin_writes: usize,
+    /// Core serializations per plugin toggle (median, from the plugin's `PatchStats`).
+    pub plugin_syncs: usize,
+    /// Site calls the busy threads made in the plugins while their keys were being toggled.
+    pub plugin_busy_calls: u64,
 }
 
 /// Measures every size in `args.sites`, handing each row to `out` as soon as it is ready.
@@ -128,11 +170,63 @@ pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> 
     if args.samples == 0 || args.static_keys_samples == Some(0) {
         return Err(BenchError::new("sample counts must be at least 1"));
     }
-    peer::init();
-    for group in groups {
-        out(&measure(group, args)?)?;
+    if args.plugins > MAX_PLUGINS {
+        return Err(BenchError::new(format!(
+            "--plugins {}: at most {MAX_PLUGINS}",
+            args.plugins
+        )));
     }
-    Ok(())
+    peer::init();
+    let plugins = load_plugins(args.plugins)?;
+    let result = groups
+        .into_iter()
+        .try_for_each(|group| out(&measure(group, args, &plugins)?));
+    drop(plugins);
+    // Best effort: the files are temporary copies of the embedded plugin.
+    let _ = textpoke_fixture::remove_files();
+    result
+}
+
+/// Most plugins `--plugins` takes (each copy is a file of its own, about 11 MB).
+pub const MAX_PLUGINS: usize = 32;
+
+/// Loads `n` copies of the plugin, each from its own file.
+fn load_plugins(n: usize) -> Result<Vec<Plugin>> {
+    (0..n)
+        .map(|i| Plugin::load(i).map_err(|e| BenchError::new(format!("plugin {i}: {e}"))))
+        .collect()
+}
+
+/// Checks that the plugin's key for `n` sites controls exactly `n` sites, and that every site
+/// follows an enable and a disable (this also warms the plugin up, as [`check_toggle`] does the
+/// executable).
+fn check_plugin(i: usize, p: &Plugin, n: usize) -> Result<()> {
+    let err = |e: String| BenchError::new(format!("plugin {i}: {e}"));
+    let found = p.group_sites(n).map_err(err)?;
+    if found != n {
+        return Err(err(format!(
+            "its key for the {n}-site group controls {found} sites"
+        )));
+    }
+    let expect = |on: bool| match p.group_run(n) {
+        Some(m) if m == if on { n } else { 0 } => Ok(()),
+        m => Err(err(format!(
+            "{m:?} of its {n} sites took the enabled path with the key {}",
+            if on { "enabled" } else { "disabled" }
+        ))),
+    };
+    let set = |on: bool| match p.group_set(n, on).map_err(err)? {
+        s if s.sites == n => Ok(()),
+        s => Err(err(format!(
+            "a toggle of its {n}-site key patched {} sites",
+            s.sites
+        ))),
+    };
+    expect(false)?;
+    set(true)?;
+    expect(true)?;
+    set(false)?;
+    expect(false)
 }
 
 /// How many entries static-keys' table must hold for a key with `size` sites. At opt-level 0
@@ -273,6 +367,94 @@ fn with_busy_threads<T>(
     })
 }
 
+/// Runs `body` while `threads` busy threads each run `run(t)` over and over, for the target
+/// `t` last chosen by the `switch` function handed to `body` (initially 0); busy thread `i` is
+/// pinned to `placement.busy_cpu(i)` when there is a placement. `switch(t)` returns once every
+/// busy thread has completed a full `run(t)` since it was called, so the threads are running
+/// `t` from then on. Returns what `body` returned and, per target, the number of complete runs
+/// the threads made of it. The threads are stopped and joined before this returns.
+fn with_switching_busy_threads<T>(
+    threads: usize,
+    placement: Option<&Placement>,
+    targets: usize,
+    run: &(dyn Fn(usize) + Sync),
+    body: impl FnOnce(&dyn Fn(usize)) -> Result<T>,
+) -> Result<(T, Vec<u64>)> {
+    // The chosen target in the low 16 bits, above it an epoch that grows at every switch; each
+    // busy thread publishes in `done` the value under which it last completed a run.
+    let chosen = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let done: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+    let epoch = AtomicU64::new(0);
+    let switch = |t: usize| {
+        let v = (epoch.fetch_add(1, Ordering::Relaxed) + 1) << 16 | t as u64;
+        chosen.store(v, Ordering::Release);
+        while done.iter().any(|d| d.load(Ordering::Acquire) < v) {
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut spawn_error = None;
+        for i in 0..threads {
+            let spawned = std::thread::Builder::new()
+                .name(format!("busy-{i}"))
+                .spawn_scoped(scope, {
+                    let (stop, chosen, done) = (&stop, &chosen, &done[i]);
+                    move || -> Result<Vec<u64>> {
+                        let mut runs = vec![0u64; targets];
+                        if let Some(p) = placement
+                            && let Err(e) = CpuMask::only(p.busy_cpu(i)).apply()
+                        {
+                            done.store(u64::MAX, Ordering::Release);
+                            return Err(e);
+                        }
+                        loop {
+                            let v = chosen.load(Ordering::Acquire);
+                            let t = (v & 0xffff) as usize;
+                            run(t);
+                            runs[t] += 1;
+                            done.store(v, Ordering::Release);
+                            if stop.load(Ordering::Relaxed) {
+                                return Ok(runs);
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    spawn_error = Some(BenchError::new(format!("cannot start busy thread: {e}")));
+                    break;
+                }
+            }
+        }
+        let result = match spawn_error {
+            // Threads that did start would never be waited for by `switch`.
+            Some(e) => Err(e),
+            None => {
+                switch(0);
+                body(&switch)
+            }
+        };
+        stop.store(true, Ordering::Relaxed);
+        let mut runs = vec![0u64; targets];
+        let mut thread_error = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(r)) => runs.iter_mut().zip(r).for_each(|(a, b)| *a += b),
+                Ok(Err(e)) => thread_error = Some(e),
+                Err(_) => thread_error = Some(BenchError::new("a busy thread panicked")),
+            }
+        }
+        let value = result?;
+        match thread_error {
+            Some(e) => Err(e),
+            None => Ok((value, runs)),
+        }
+    })
+}
+
 /// Toggles `samples` times, alternating enable (first) and disable, timing each toggle in
 /// microseconds. Leaves the key disabled.
 fn time_toggles(samples: usize, mut set: impl FnMut(bool) -> Result<()>) -> Result<Vec<f64>> {
@@ -289,8 +471,13 @@ fn time_toggles(samples: usize, mut set: impl FnMut(bool) -> Result<()>) -> Resu
     Ok(times)
 }
 
-/// Measures one group: textpoke first, then static-keys.
-pub fn measure(group: &'static SiteGroup, args: &ToggleArgs) -> Result<ToggleRow> {
+/// Measures one group: textpoke first (interleaved with the plugins' keys of the same size, if
+/// any are loaded), then static-keys.
+pub fn measure(
+    group: &'static SiteGroup,
+    args: &ToggleArgs,
+    plugins: &[Plugin],
+) -> Result<ToggleRow> {
     let n = group.size;
     verify(group)?;
     let saved = affinity::current()?;
@@ -318,12 +505,19 @@ pub fn measure(group: &'static SiteGroup, args: &ToggleArgs) -> Result<ToggleRow
         Ok(())
     };
     check_toggle("textpoke", group.textpoke_sites, &mut set_textpoke)?;
-    let (textpoke_times, textpoke_busy_calls) = with_busy_threads(
-        args.busy_threads,
-        placement.as_ref(),
-        group.textpoke_sites,
-        || time_toggles(args.samples, &mut set_textpoke),
-    )?;
+    let (textpoke_times, textpoke_busy_calls, plugin) = if plugins.is_empty() {
+        let (times, busy_calls) = with_busy_threads(
+            args.busy_threads,
+            placement.as_ref(),
+            group.textpoke_sites,
+            || time_toggles(args.samples, &mut set_textpoke),
+        )?;
+        (times, busy_calls, None)
+    } else {
+        let (times, busy_calls, p) =
+            measure_with_plugins(group, args, placement.as_ref(), plugins, &mut set_textpoke)?;
+        (times, busy_calls, Some(p))
+    };
     check_sites("textpoke", group.textpoke_sites, false)?;
     let timed_stats = &stats[2..2 + args.samples];
     let writes = stats::median_usize(timed_stats.iter().map(|s| s.writes));
@@ -383,8 +577,111 @@ pub fn measure(group: &'static SiteGroup, args: &ToggleArgs) -> Result<ToggleRow
         static_keys_us_p90: stats::percentile(&peer_times, 0.9),
         textpoke_busy_calls,
         static_keys_busy_calls,
-        note: note(n, args.busy_threads, peer_busy, placement.as_ref()),
+        note: note(
+            n,
+            args.busy_threads,
+            peer_busy,
+            placement.as_ref(),
+            plugins.len(),
+        ),
+        plugin: plugin.map(|mut p| {
+            p.plugin_ratio = p.plugin_us_median / textpoke_us_median;
+            p
+        }),
     })
+}
+
+/// The interleaved measurement of `--plugins`: in each of `args.samples` rounds, the
+/// executable's key (through `set_textpoke`) and then each plugin's key of the same size are
+/// toggled once, all in the same direction, the busy threads switched before each toggle to run
+/// the sites of the key about to be toggled. Returns the executable's times, the busy threads'
+/// site calls in the executable, and the plugin part of the row (but its ratio). Leaves every
+/// key disabled.
+fn measure_with_plugins(
+    group: &'static SiteGroup,
+    args: &ToggleArgs,
+    placement: Option<&Placement>,
+    plugins: &[Plugin],
+    set_textpoke: &mut dyn FnMut(bool) -> Result<()>,
+) -> Result<(Vec<f64>, u64, PluginRow)> {
+    let n = group.size;
+    for (i, p) in plugins.iter().enumerate() {
+        check_plugin(i, p, n)?;
+    }
+    let sites = black_box(group.textpoke_sites);
+    // Target 0 is the executable's key, target 1 + i plugin i's.
+    let run = |t: usize| match t.checked_sub(1) {
+        None => sites.iter().for_each(|f| {
+            black_box(f());
+        }),
+        Some(i) => {
+            black_box(plugins[i].group_run(n));
+        }
+    };
+    let mut exe_times = Vec::with_capacity(args.samples);
+    let mut plugin_times: Vec<Vec<f64>> = vec![Vec::with_capacity(args.samples); plugins.len()];
+    let mut plugin_stats: Vec<GroupStats> = Vec::with_capacity(args.samples * plugins.len());
+    let set_plugin = |i: usize, on: bool| -> Result<GroupStats> {
+        let s = plugins[i]
+            .group_set(n, on)
+            .map_err(|e| BenchError::new(format!("plugin {i}: {e}")))?;
+        if s.sites != n {
+            return Err(BenchError::new(format!(
+                "plugin {i}: a toggle of its {n}-site key patched {} sites",
+                s.sites
+            )));
+        }
+        Ok(s)
+    };
+    let ((), runs) = with_switching_busy_threads(
+        args.busy_threads,
+        placement,
+        1 + plugins.len(),
+        &run,
+        |switch| {
+            for round in 0..args.samples {
+                let on = round % 2 == 0;
+                switch(0);
+                let start = Instant::now();
+                set_textpoke(on)?;
+                exe_times.push(start.elapsed().as_secs_f64() * 1e6);
+                for (i, times) in plugin_times.iter_mut().enumerate() {
+                    switch(1 + i);
+                    let start = Instant::now();
+                    let s = set_plugin(i, on)?;
+                    times.push(start.elapsed().as_secs_f64() * 1e6);
+                    plugin_stats.push(s);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    if args.samples % 2 == 1 {
+        set_textpoke(false)?;
+        for i in 0..plugins.len() {
+            set_plugin(i, false)?;
+        }
+    }
+    for (i, p) in plugins.iter().enumerate() {
+        if p.group_run(n) != Some(0) {
+            return Err(BenchError::new(format!(
+                "plugin {i}: some of its {n} sites take the enabled path with the key disabled"
+            )));
+        }
+    }
+    let all: Vec<f64> = plugin_times.iter().flatten().copied().collect();
+    let row = PluginRow {
+        plugins: plugins.len(),
+        plugin_us_median: stats::median(&all),
+        plugin_us_p90: stats::percentile(&all, 0.9),
+        plugin_ratio: 0.0,
+        plugin_us_medians: plugin_times.iter().map(|t| stats::median(t)).collect(),
+        plugin_samples: all.len(),
+        plugin_writes: stats::median_usize(plugin_stats.iter().map(|s| s.writes)),
+        plugin_syncs: stats::median_usize(plugin_stats.iter().map(|s| s.syncs)),
+        plugin_busy_calls: runs[1..].iter().sum::<u64>() * n as u64,
+    };
+    Ok((exe_times, runs[0] * n as u64, row))
 }
 
 /// textpoke's table section size over its number of entries.
@@ -398,12 +695,28 @@ pub fn textpoke_table_bytes_per_site() -> Result<f64> {
     })
 }
 
-fn note(n: usize, busy: usize, peer_busy: usize, placement: Option<&Placement>) -> String {
+fn note(
+    n: usize,
+    busy: usize,
+    peer_busy: usize,
+    placement: Option<&Placement>,
+    plugins: usize,
+) -> String {
     let mut note = format!(
         "each library toggled one key controlling exactly {n} sites (counts verified from both \
          tables, every site's value checked after enable and disable), alternating \
          enable/disable, timing each toggle"
     );
+    if plugins > 0 {
+        note.push_str(&format!(
+            "; textpoke's key was toggled in turn with a key of {n} sites in each of {plugins} \
+             dlopen'ed plugins (each its own file, with its own copy of textpoke; counts and \
+             values verified likewise), one toggle of each per round, the busy thread(s) \
+             switched before each toggle to run the sites of the key about to be toggled and \
+             done with a full pass of them before the timer started; textpoke's and the \
+             plugins' times come from these same rounds"
+        ));
+    }
     if busy == 0 {
         note.push_str("; no busy threads");
     } else {
@@ -442,6 +755,16 @@ pub struct TablePrinter {
     notes: Vec<String>,
 }
 
+/// The plugin columns of a row, or nothing.
+fn plugin_columns(p: Option<&PluginRow>) -> String {
+    p.map_or(String::new(), |p| {
+        format!(
+            " | {:>10.1} {:>10.1} {:>6.2}x",
+            p.plugin_us_median, p.plugin_us_p90, p.plugin_ratio
+        )
+    })
+}
+
 impl TablePrinter {
     /// A printer that has printed nothing yet.
     pub fn new() -> Self {
@@ -454,35 +777,41 @@ impl TablePrinter {
     /// Prints one row (and the header before the first).
     pub fn row(&mut self, r: &ToggleRow) -> Result<()> {
         if !self.header_done {
-            crate::print_line(&format!(
-                "{:>6} {:>5} | {:>12} {:>10} | {:>14} {:>10} | {:>8} | {:>6} {:>5} | {:>12}",
-                "sites",
-                "busy",
-                "textpoke µs",
-                "p90",
-                "static-keys µs",
-                "p90",
-                "speedup",
-                "writes",
-                "syncs",
-                "table B/site"
-            ))?;
+            crate::print_line(
+                &(format!(
+                    "{:>6} {:>5} | {:>12} {:>10} | {:>14} {:>10} | {:>8} | {:>6} {:>5} | {:>12}",
+                    "sites",
+                    "busy",
+                    "textpoke µs",
+                    "p90",
+                    "static-keys µs",
+                    "p90",
+                    "speedup",
+                    "writes",
+                    "syncs",
+                    "table B/site"
+                ) + &r.plugin.as_ref().map_or(String::new(), |_| {
+                    format!(" | {:>10} {:>10} {:>7}", "plugin µs", "p90", "ratio")
+                })),
+            )?;
             self.header_done = true;
         }
-        crate::print_line(&format!(
-            "{:>6} {:>5} | {:>12.1} {:>10.1} | {:>14.1} {:>10.1} | {:>7.1}x | {:>6} {:>5} | {:>5} vs {:>2}",
-            r.sites,
-            r.busy_threads,
-            r.textpoke_us_median,
-            r.textpoke_us_p90,
-            r.static_keys_us_median,
-            r.static_keys_us_p90,
-            r.speedup,
-            r.writes,
-            r.syncs,
-            r.table_bytes_per_site,
-            r.static_keys_table_bytes_per_site
-        ))?;
+        crate::print_line(
+            &(format!(
+                "{:>6} {:>5} | {:>12.1} {:>10.1} | {:>14.1} {:>10.1} | {:>7.1}x | {:>6} {:>5} | {:>5} vs {:>2}",
+                r.sites,
+                r.busy_threads,
+                r.textpoke_us_median,
+                r.textpoke_us_p90,
+                r.static_keys_us_median,
+                r.static_keys_us_p90,
+                r.speedup,
+                r.writes,
+                r.syncs,
+                r.table_bytes_per_site,
+                r.static_keys_table_bytes_per_site
+            ) + &plugin_columns(r.plugin.as_ref())),
+        )?;
         self.notes.push(format!(
             "{} sites ({} textpoke / {} static-keys samples): {}",
             r.sites, r.textpoke_samples, r.static_keys_samples, r.note
@@ -523,6 +852,7 @@ mod tests {
             static_keys_samples: Some(3),
             static_keys_budget_ms: 1,
             static_keys_busy: PeerBusy::Own,
+            plugins: 0,
             no_pin: false,
             json: true,
         };
@@ -565,6 +895,76 @@ mod tests {
     }
 
     #[test]
+    fn plugin_keys_are_measured_beside_the_executables() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let args = ToggleArgs {
+            sites: vec![1, 100],
+            busy_threads: 1,
+            samples: 5,
+            static_keys_samples: Some(3),
+            static_keys_budget_ms: 1,
+            static_keys_busy: PeerBusy::Own,
+            plugins: 2,
+            no_pin: false,
+            json: true,
+        };
+        let mut lines = Vec::new();
+        run(&args, &mut |row| {
+            lines.push(serde_json::to_string(row)?);
+            Ok(())
+        })?;
+        assert_eq!(lines.len(), 2);
+        for (line, n) in lines.iter().zip([1u64, 100]) {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            let num = |k: &str| {
+                v.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or_else(|| panic!("{k} missing or not a number in {line}"))
+            };
+            assert_eq!(v["sites"].as_u64(), Some(n));
+            assert_eq!(v["plugins"].as_u64(), Some(2));
+            assert_eq!(v["textpoke_samples"].as_u64(), Some(5));
+            assert_eq!(v["plugin_samples"].as_u64(), Some(10));
+            assert_eq!(v["plugin_us_medians"].as_array().map(Vec::len), Some(2));
+            for k in ["textpoke_us_median", "plugin_us_median", "plugin_ratio"] {
+                assert!(num(k) > 0.0 && num(k).is_finite(), "{k} in {line}");
+            }
+            let ratio = num("plugin_us_median") / num("textpoke_us_median");
+            assert!((num("plugin_ratio") - ratio).abs() < 1e-9, "{line}");
+            assert_eq!(num("plugin_syncs"), 3.0, "{line}");
+            assert!(num("textpoke_busy_calls") > 0.0 && num("plugin_busy_calls") > 0.0);
+        }
+        for group in &sites::GROUPS {
+            assert!(!group.textpoke_key.is_enabled());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn without_plugins_rows_have_no_plugin_fields() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let args = ToggleArgs {
+            sites: vec![1],
+            busy_threads: 0,
+            samples: 1,
+            static_keys_samples: Some(1),
+            static_keys_budget_ms: 1,
+            static_keys_busy: PeerBusy::None,
+            plugins: 0,
+            no_pin: true,
+            json: true,
+        };
+        let mut rows = Vec::new();
+        run(&args, &mut |row| {
+            rows.push(serde_json::to_value(row)?);
+            Ok(())
+        })?;
+        assert!(rows[0].get("plugin_us_median").is_none(), "{}", rows[0]);
+        assert!(rows[0].get("plugins").is_none(), "{}", rows[0]);
+        Ok(())
+    }
+
+    #[test]
     fn unknown_sizes_are_refused_before_anything_runs() {
         let _serial = crate::tests::serial();
         let args = ToggleArgs {
@@ -574,6 +974,7 @@ mod tests {
             static_keys_samples: Some(1),
             static_keys_budget_ms: 1,
             static_keys_busy: PeerBusy::None,
+            plugins: 0,
             no_pin: true,
             json: true,
         };

@@ -37,6 +37,15 @@ enum Command {
         /// Print one JSON object instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Also load N copies of a plugin (a shared object with its own copy of textpoke, its
+        /// own keys and static call), toggle them too, and keep unloading and reloading them
+        /// while the workers call into them.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        plugins: usize,
+        /// With --plugins: unload one plugin and load a fresh copy every this many
+        /// milliseconds, the plugins in turn.
+        #[arg(long, default_value_t = 10, value_name = "MS")]
+        plugin_reload_ms: u64,
     },
     /// Disassemble machine code from a crash report: hex bytes or a kernel oops `Code:` line.
     ///
@@ -78,7 +87,15 @@ fn main() -> ExitCode {
             threads,
             sites,
             json,
-        } => run_demo(seconds, threads, sites, json),
+            plugins,
+            plugin_reload_ms,
+        } => run_demo(
+            seconds,
+            threads,
+            sites,
+            json,
+            (plugins, Duration::from_millis(plugin_reload_ms)),
+        ),
         Command::Decode {
             code,
             arch,
@@ -119,7 +136,13 @@ fn run_decode(code: Vec<String>, options: &decode::Options) -> ExitCode {
     }
 }
 
-fn run_demo(seconds: f64, threads: usize, sites: usize, json: bool) -> ExitCode {
+fn run_demo(
+    seconds: f64,
+    threads: usize,
+    sites: usize,
+    json: bool,
+    (plugins, plugin_reload): (usize, Duration),
+) -> ExitCode {
     let Ok(duration) = Duration::try_from_secs_f64(seconds) else {
         eprintln!("textpoke demo: --seconds {seconds} is not a valid duration");
         return ExitCode::from(2);
@@ -129,6 +152,8 @@ fn run_demo(seconds: f64, threads: usize, sites: usize, json: bool) -> ExitCode 
         threads,
         sites,
         progress: !json,
+        plugins,
+        plugin_reload,
     };
     let report = match demo::run(&config) {
         Ok(r) => r,
@@ -169,6 +194,25 @@ fn print_summary(r: &demo::Report) {
         "breakpoint traps: {} emulated, {} re-executed",
         r.traps_emulated, r.traps_rewound
     );
+    if let Some(p) = &r.plugins {
+        println!(
+            "{} plugins: {} loads, {} unloads (reload median {:.0} µs); {} plugin site calls \
+             ({} enabled), {} plugin static calls; {} changes ({} key flips, {} retargets), \
+             median {:.1} µs, p99 {:.1} µs",
+            p.plugins,
+            p.plugin_loads,
+            p.plugin_unloads,
+            p.plugin_reload_us_median,
+            p.plugin_calls,
+            p.plugin_calls_enabled,
+            p.plugin_static_call_calls,
+            p.plugin_toggles,
+            p.plugin_key_toggles,
+            p.plugin_static_call_updates,
+            p.plugin_toggle_us_median,
+            p.plugin_toggle_us_p99
+        );
+    }
     for e in &r.errors {
         println!("error: {e}");
     }

@@ -12,6 +12,8 @@ fn toggling_under_load_is_consistent() {
         threads: 2,
         sites: 1200,
         progress: false,
+        plugins: 0,
+        plugin_reload: Duration::from_millis(10),
     })
     .unwrap();
     assert!(report.ok(), "{report:?}");
@@ -23,6 +25,38 @@ fn toggling_under_load_is_consistent() {
     assert!(report.calls_enabled > 0 && report.calls_enabled < report.calls);
     assert!(report.static_call_calls > 1000, "{report:?}");
     assert!(report.static_call_updates > 10, "{report:?}");
+    assert!(report.plugins.is_none());
+}
+
+#[test]
+fn plugins_loaded_toggled_and_unloaded_under_load_are_consistent() {
+    let report = demo::run(&demo::Config {
+        duration: Duration::from_millis(1500),
+        threads: 2,
+        sites: 1200,
+        progress: false,
+        plugins: 2,
+        plugin_reload: Duration::from_millis(10),
+    })
+    .unwrap();
+    assert!(report.ok(), "{report:?}");
+    let p = report.plugins.as_ref().expect("a plugin report");
+    assert_eq!(p.plugins, 2);
+    assert_eq!(p.plugin_inconsistencies, 0, "{report:?}");
+    // Reloaded while the workers ran, and every copy unloaded at the end.
+    assert!(p.plugin_loads > 2, "{report:?}");
+    assert!(p.plugin_unloads >= p.plugin_loads - 2, "{report:?}");
+    assert!(
+        p.plugin_calls > 1000 && p.plugin_static_call_calls > 100,
+        "{report:?}"
+    );
+    assert!(p.plugin_calls_enabled > 0 && p.plugin_calls_enabled < p.plugin_calls);
+    assert!(
+        p.plugin_toggles > 10 && p.plugin_static_call_updates > 0,
+        "{report:?}"
+    );
+    // The executable's own sites and calls ran and were checked too.
+    assert!(report.calls > 10_000 && report.toggles > 10, "{report:?}");
 }
 
 #[test]
@@ -59,6 +93,37 @@ fn json_output_and_exit_status() {
     assert_eq!(v["sites"], 1000);
     assert_eq!(v["threads"], 1);
     assert_eq!(v["inconsistencies"], 0);
+    assert!(
+        v.get("plugin_loads").is_none(),
+        "no plugin fields without --plugins: {v}"
+    );
+}
+
+#[test]
+fn json_output_with_plugins() {
+    let out = Command::new(env!("CARGO_BIN_EXE_textpoke"))
+        .args(["demo", "--seconds", "1", "--plugins", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inconsistencies"], 0, "{v}");
+    assert_eq!(v["plugin_inconsistencies"], 0, "{v}");
+    assert_eq!(v["plugins"], 2, "{v}");
+    assert!(v["plugin_loads"].as_u64().is_some_and(|n| n > 0), "{v}");
+    for key in [
+        "plugin_unloads",
+        "plugin_calls",
+        "plugin_static_call_calls",
+        "plugin_toggles",
+        "plugin_toggle_us_median",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
 }
 
 #[test]
@@ -67,6 +132,7 @@ fn bad_arguments_are_refused_clearly() {
     for args in [
         vec!["demo", "--sites", too_many.as_str()],
         vec!["demo", "--threads", "0"],
+        vec!["demo", "--plugins", "33"],
         vec!["demo", "--seconds=-1"],
         vec!["demo", "--seconds", "nan"],
     ] {

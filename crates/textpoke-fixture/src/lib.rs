@@ -9,9 +9,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub static PLUGIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/plugin.so"));
 
 /// The plugin's C API version this fixture speaks.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
+
+/// Keys of the plugin (its own, besides the benchmark groups').
+pub const KEYS: usize = 4;
+
+/// Sites per key.
+pub const SITES_PER_KEY: usize = 8;
+
+/// Sizes of the plugin's benchmark site groups: one key controls exactly each many sites.
+pub const GROUP_SIZES: [usize; 5] = [1, 10, 100, 1000, 10000];
+
+/// What one batch of the plugin did (its `PatchStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Sites whose bytes changed.
+    pub sites: usize,
+    /// `pwrite` calls made.
+    pub writes: usize,
+    /// Core serializations made.
+    pub syncs: usize,
+}
 
 type ErrFn<A> = unsafe extern "C" fn(A, *mut u8, usize) -> i32;
+type ErrFn2<A, B> = unsafe extern "C" fn(A, B, *mut u8, usize) -> i32;
+type GroupSetFn = unsafe extern "C" fn(usize, bool, *mut usize, *mut u8, usize) -> i32;
 
 /// One loaded copy of the plugin. Unloaded (`dlclose`) on drop.
 pub struct Plugin {
@@ -19,9 +41,13 @@ pub struct Plugin {
     path: PathBuf,
     patcher: unsafe extern "C" fn(*mut bool) -> usize,
     key_count: extern "C" fn() -> usize,
-    set: unsafe extern "C" fn(usize, bool, *mut u8, usize) -> i32,
+    set: ErrFn2<usize, bool>,
     set_all: ErrFn<u64>,
     run: extern "C" fn(usize) -> usize,
+    commit: ErrFn2<u64, usize>,
+    group_set: GroupSetFn,
+    group_sites: ErrFn2<usize, *mut usize>,
+    group_run: extern "C" fn(usize) -> usize,
     call: extern "C" fn(u64) -> u64,
     retarget: ErrFn<usize>,
     double: extern "C" fn(u64) -> u64,
@@ -35,11 +61,39 @@ unsafe impl Send for Plugin {}
 // SAFETY: as above.
 unsafe impl Sync for Plugin {}
 
-/// A directory for this process's plugin files.
+/// The directory of this process's plugin files.
+fn dir_path() -> PathBuf {
+    std::env::temp_dir().join(format!("textpoke-plugins-{}", std::process::id()))
+}
+
+/// The directory for this process's plugin files, created if needed. The first call also
+/// arranges for it to be removed when the process exits normally (`exit`, or a return from
+/// `main`), so that test runs do not leave a copy of the plugin per process behind.
 fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("textpoke-plugins-{}", std::process::id()));
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a function that takes no arguments; this crate is linked into the
+        // program, never unloaded, so the function outlives the registration.
+        unsafe { libc::atexit(remove_at_exit) };
+    });
+    let d = dir_path();
     let _ = std::fs::create_dir_all(&d);
     d
+}
+
+/// Removes this process's plugin files at exit (a forked child looks for its own pid's
+/// directory, so it never removes its parent's).
+extern "C" fn remove_at_exit() {
+    let _ = remove_files();
+}
+
+/// Removes the files [`Plugin::load`] wrote for this process (copies still loaded stay mapped;
+/// a later `load` writes its file again).
+pub fn remove_files() -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir_path()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
 }
 
 fn dl_error() -> String {
@@ -79,22 +133,23 @@ impl Plugin {
             return Err(format!("dlopen {}: {}", path.display(), dl_error()));
         }
         macro_rules! sym {
-            ($name:literal) => {{
+            ($name:literal: $ty:ty) => {{
                 // SAFETY: looking up a symbol in the handle we just opened.
                 let p = unsafe { libc::dlsym(handle, concat!($name, "\0").as_ptr().cast()) };
                 if p.is_null() {
+                    // SAFETY: the handle came from `dlopen` above and is not used again.
+                    unsafe { libc::dlclose(handle) };
                     return Err(format!("{}: no symbol {}", path.display(), $name));
                 }
-                // SAFETY: the plugin defines the symbol with the signature of the field it is
-                // stored in (see textpoke-plugin's C API, version API_VERSION).
-                #[allow(clippy::missing_transmute_annotations)] // the field's type names it
-                unsafe {
-                    std::mem::transmute::<*mut libc::c_void, _>(p)
-                }
+                // SAFETY: the plugin defines the symbol with this signature (see
+                // textpoke-plugin's C API, version API_VERSION).
+                unsafe { std::mem::transmute::<*mut libc::c_void, $ty>(p) }
             }};
         }
-        let version: extern "C" fn() -> u32 = sym!("tpp_api_version");
+        let version = sym!("tpp_api_version": extern "C" fn() -> u32);
         if version() != API_VERSION {
+            // SAFETY: the handle came from `dlopen` above and is not used again.
+            unsafe { libc::dlclose(handle) };
             return Err(format!(
                 "{}: plugin API version {} (want {API_VERSION})",
                 path.display(),
@@ -104,16 +159,20 @@ impl Plugin {
         Ok(Plugin {
             handle,
             path: path.to_path_buf(),
-            patcher: sym!("tpp_patcher"),
-            key_count: sym!("tpp_key_count"),
-            set: sym!("tpp_set"),
-            set_all: sym!("tpp_set_all"),
-            run: sym!("tpp_run"),
-            call: sym!("tpp_call"),
-            retarget: sym!("tpp_retarget"),
-            double: sym!("tpp_double"),
-            alt: sym!("tpp_alt"),
-            traps: sym!("tpp_traps_emulated"),
+            patcher: sym!("tpp_patcher": unsafe extern "C" fn(*mut bool) -> usize),
+            key_count: sym!("tpp_key_count": extern "C" fn() -> usize),
+            set: sym!("tpp_set": ErrFn2<usize, bool>),
+            set_all: sym!("tpp_set_all": ErrFn<u64>),
+            run: sym!("tpp_run": extern "C" fn(usize) -> usize),
+            commit: sym!("tpp_commit": ErrFn2<u64, usize>),
+            group_set: sym!("tpp_group_set": GroupSetFn),
+            group_sites: sym!("tpp_group_sites": ErrFn2<usize, *mut usize>),
+            group_run: sym!("tpp_group_run": extern "C" fn(usize) -> usize),
+            call: sym!("tpp_call": extern "C" fn(u64) -> u64),
+            retarget: sym!("tpp_retarget": ErrFn<usize>),
+            double: sym!("tpp_double": extern "C" fn(u64) -> u64),
+            alt: sym!("tpp_alt": extern "C" fn() -> u64),
+            traps: sym!("tpp_traps_emulated": extern "C" fn() -> usize),
         })
     }
 
@@ -161,6 +220,48 @@ impl Plugin {
     /// Runs every site of key `key`; how many took the enabled path.
     pub fn run(&self, key: usize) -> usize {
         (self.run)(key)
+    }
+
+    /// Sets every key from the bits of `mask` and, with `Some(n)`, retargets the static call to
+    /// `x + n`, in one batch.
+    pub fn commit(&self, mask: u64, target: Option<usize>) -> Result<(), String> {
+        let target = match target {
+            Some(0) => return Err("no target x + 0".into()),
+            Some(n) => n,
+            None => 0,
+        };
+        // SAFETY: as above.
+        Self::checked(|e, cap| unsafe { (self.commit)(mask, target, e, cap) })
+    }
+
+    /// Sets the key of the benchmark group of `size` sites (see [`GROUP_SIZES`]) in a batch of
+    /// its own; what the batch did.
+    pub fn group_set(&self, size: usize, on: bool) -> Result<GroupStats, String> {
+        let mut stats = [0usize; 3];
+        // SAFETY: `stats` has room for three words; the buffer is valid for `cap` bytes.
+        Self::checked(|e, cap| unsafe { (self.group_set)(size, on, stats.as_mut_ptr(), e, cap) })?;
+        Ok(GroupStats {
+            sites: stats[0],
+            writes: stats[1],
+            syncs: stats[2],
+        })
+    }
+
+    /// How many sites textpoke's table lists for the key of the group of `size` sites.
+    pub fn group_sites(&self, size: usize) -> Result<usize, String> {
+        let mut n = 0usize;
+        // SAFETY: `n` is valid for a write; the buffer is valid for `cap` bytes.
+        Self::checked(|e, cap| unsafe { (self.group_sites)(size, &mut n, e, cap) })?;
+        Ok(n)
+    }
+
+    /// Runs every site of the group of `size` sites once; how many took the enabled path
+    /// (`None`: no such group).
+    pub fn group_run(&self, size: usize) -> Option<usize> {
+        match (self.group_run)(size) {
+            usize::MAX => None,
+            n => Some(n),
+        }
     }
 
     /// Calls the plugin's static call.

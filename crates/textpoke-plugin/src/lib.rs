@@ -4,13 +4,18 @@
 //!
 //! Every function that can fail returns 0 on success or -1 after writing the error's text,
 //! NUL-terminated and truncated to `cap` bytes, into `err`.
+//!
+//! Besides its 4 keys of 8 sites, its static call and its alternative, it has the benchmark's
+//! site groups: one key per size in [`GROUP_SIZES`], controlling exactly that many sites, built
+//! like `textpoke-bench`'s own groups (`crates/textpoke-bench/src/sites.rs`), so that toggling a
+//! key of the plugin can be timed against the same toggle in the executable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use textpoke::{StaticKey, static_branch_unlikely};
 
 /// Version of this C API; bumped on any change.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// Sites per key.
 pub const SITES_PER_KEY: usize = 8;
@@ -44,6 +49,72 @@ macro_rules! keys {
 }
 keys!(k0, k1, k2, k3);
 
+/// Sizes of the benchmark's site groups: one key controls exactly each many sites.
+pub const GROUP_SIZES: [usize; 5] = [1, 10, 100, 1000, 10000];
+
+/// One benchmark group: a key and every site it controls.
+struct Group {
+    key: &'static StaticKey,
+    sites: &'static [fn() -> bool],
+}
+
+macro_rules! site_group {
+    ($name:ident, $count:literal) => {
+        mod $name {
+            use super::*;
+            /// The group's key (initially off).
+            pub static KEY: StaticKey = StaticKey::new();
+
+            #[inline(never)]
+            fn site<const I: usize>() -> bool {
+                // Makes every instance distinct, so none is merged with another.
+                std::hint::black_box(I);
+                static_branch_unlikely!(KEY)
+            }
+
+            seq_macro::seq!(I in 0..$count {
+                /// Every site of the group.
+                pub static SITES: [fn() -> bool; $count] = [#(site::<I>,)*];
+            });
+        }
+    };
+}
+
+site_group!(g1, 1);
+site_group!(g10, 10);
+site_group!(g100, 100);
+site_group!(g1000, 1000);
+site_group!(g10000, 10000);
+
+/// The groups, in the order of [`GROUP_SIZES`].
+static GROUPS: [Group; 5] = [
+    Group {
+        key: &g1::KEY,
+        sites: &g1::SITES,
+    },
+    Group {
+        key: &g10::KEY,
+        sites: &g10::SITES,
+    },
+    Group {
+        key: &g100::KEY,
+        sites: &g100::SITES,
+    },
+    Group {
+        key: &g1000::KEY,
+        sites: &g1000::SITES,
+    },
+    Group {
+        key: &g10000::KEY,
+        sites: &g10000::SITES,
+    },
+];
+
+/// The group of `size` sites.
+fn group(size: usize) -> Option<&'static Group> {
+    GROUPS.iter().find(|g| g.sites.len() == size)
+}
+
 textpoke::static_call! {
     static CALL: fn(u64) -> u64 = add1;
 }
@@ -60,8 +131,11 @@ fn add3(x: u64) -> u64 {
 static TARGETS: [fn(u64) -> u64; 3] = [add1, add2, add3];
 
 fn report(e: &textpoke::Error, err: *mut u8, cap: usize) -> i32 {
+    report_text(&e.to_string(), err, cap)
+}
+
+fn report_text(text: &str, err: *mut u8, cap: usize) -> i32 {
     if !err.is_null() && cap > 0 {
-        let text = e.to_string();
         let n = text.len().min(cap - 1);
         // SAFETY: the caller passes a buffer of `cap` writable bytes.
         unsafe {
@@ -128,6 +202,95 @@ pub extern "C" fn tpp_set_all(mask: u64, err: *mut u8, cap: usize) -> i32 {
             b.set(*k, mask >> i & 1 == 1)
         });
     done(batch.commit().map(drop), err, cap)
+}
+
+/// Sets every key from the bits of `mask` and, unless `target` is 0, retargets the static call
+/// to `x + target` (1..=3), all in one batch.
+#[unsafe(no_mangle)]
+pub extern "C" fn tpp_commit(mask: u64, target: usize, err: *mut u8, cap: usize) -> i32 {
+    let batch = KEYS
+        .iter()
+        .enumerate()
+        .fold(textpoke::Batch::new(), |b, (i, k)| {
+            b.set(*k, mask >> i & 1 == 1)
+        });
+    let batch = match target {
+        0 => batch,
+        n => match TARGETS.get(n - 1) {
+            Some(&f) => batch.update(&CALL, f),
+            None => return report_text(&format!("no target x + {n}"), err, cap),
+        },
+    };
+    done(batch.commit().map(drop), err, cap)
+}
+
+/// Sets the key of the benchmark group of `size` sites to `on`, in a batch of its own. On
+/// success, unless `stats` is null, writes the batch's `PatchStats` there as three words:
+/// sites changed, `pwrite` calls, core serializations.
+///
+/// # Safety
+///
+/// `stats` is null or valid for writing three `usize`s; `err` is valid for `cap` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tpp_group_set(
+    size: usize,
+    on: bool,
+    stats: *mut usize,
+    err: *mut u8,
+    cap: usize,
+) -> i32 {
+    let Some(g) = group(size) else {
+        return report_text(&format!("no group of {size} sites"), err, cap);
+    };
+    match textpoke::Batch::new().set(g.key, on).commit() {
+        Ok(s) => {
+            if !stats.is_null() {
+                // SAFETY: the caller passes room for three words.
+                unsafe {
+                    stats.write(s.sites);
+                    stats.add(1).write(s.writes);
+                    stats.add(2).write(s.syncs);
+                }
+            }
+            0
+        }
+        Err(e) => report(&e, err, cap),
+    }
+}
+
+/// Writes to `*out` how many sites textpoke's table lists for the key of the group of `size`
+/// sites (indexing the table if it was not yet).
+///
+/// # Safety
+///
+/// `out` is valid for a write; `err` is valid for `cap` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn tpp_group_sites(
+    size: usize,
+    out: *mut usize,
+    err: *mut u8,
+    cap: usize,
+) -> i32 {
+    let Some(g) = group(size) else {
+        return report_text(&format!("no group of {size} sites"), err, cap);
+    };
+    match g.key.sites() {
+        Ok(s) => {
+            // SAFETY: the caller's contract.
+            unsafe { out.write(s.len()) };
+            0
+        }
+        Err(e) => report(&e, err, cap),
+    }
+}
+
+/// Runs every site of the group of `size` sites once; returns how many took the enabled path,
+/// or `usize::MAX` if there is no such group.
+#[unsafe(no_mangle)]
+pub extern "C" fn tpp_group_run(size: usize) -> usize {
+    group(size).map_or(usize::MAX, |g| {
+        g.sites.iter().filter(|f| std::hint::black_box(f())).count()
+    })
 }
 
 /// Runs every site of key `key`; returns how many took the enabled path.

@@ -4,6 +4,7 @@
 
 pub mod calls;
 mod history;
+pub mod plugins;
 pub mod sites;
 
 use std::sync::Mutex;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use history::{History, key_consistent};
+use plugins::{PluginReport, Plugins};
 use serde::Serialize;
 use sites::{KEY_LIST, KEYS, MAX_SITES, PER_KEY};
 
@@ -25,6 +27,11 @@ pub struct Config {
     pub sites: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Plugin slots: copies of the plugin fixture loaded, toggled and unloaded meanwhile (0:
+    /// none).
+    pub plugins: usize,
+    /// How often the main thread unloads one slot's plugin and loads a fresh copy.
+    pub plugin_reload: Duration,
 }
 
 /// What happened. Serialized as the `--json` output.
@@ -67,6 +74,10 @@ pub struct Report {
     pub traps_rewound: usize,
     /// Errors returned by textpoke (any error fails the run).
     pub errors: Vec<String>,
+    /// What happened to the plugins, with `--plugins` (its fields are flattened into the
+    /// report's JSON object, and absent without plugins).
+    #[serde(flatten)]
+    pub plugins: Option<PluginReport>,
 }
 
 impl Report {
@@ -76,11 +87,16 @@ impl Report {
     }
 }
 
+/// Most plugin slots a run may ask for (each copy is a file of its own, about 11 MB).
+pub const MAX_PLUGINS: usize = 32;
+
 /// Errors that stop the demo before it starts.
 #[derive(Debug)]
 pub enum ConfigError {
     /// More sites asked for than the binary has.
     TooManySites(usize),
+    /// More plugins asked for than [`MAX_PLUGINS`].
+    TooManyPlugins(usize),
     /// Zero threads or sites.
     Empty(&'static str),
 }
@@ -90,6 +106,9 @@ impl std::fmt::Display for ConfigError {
         match self {
             ConfigError::TooManySites(n) => {
                 write!(f, "--sites {n}: this binary has {MAX_SITES} demo sites")
+            }
+            ConfigError::TooManyPlugins(n) => {
+                write!(f, "--plugins {n}: at most {MAX_PLUGINS}")
             }
             ConfigError::Empty(what) => write!(f, "{what} must be at least 1"),
         }
@@ -114,6 +133,7 @@ struct WorkerTally {
     enabled: u64,
     static_calls: u64,
     inconsistencies: u64,
+    plugins: plugins::WorkerTally,
 }
 
 #[derive(Default)]
@@ -135,6 +155,9 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     if config.threads == 0 {
         return Err(ConfigError::Empty("--threads"));
     }
+    if config.plugins > MAX_PLUGINS {
+        return Err(ConfigError::TooManyPlugins(config.plugins));
+    }
     let _one_at_a_time = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let keys = config.sites.div_ceil(PER_KEY).min(KEYS);
     let histories = Histories {
@@ -152,6 +175,17 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     if let Err(e) = calls::reset() {
         toggler.errors.push(e.to_string());
     }
+    let (plugins, mut plugin_toggler) = if config.plugins > 0 && toggler.errors.is_empty() {
+        match Plugins::load(config.plugins) {
+            Ok((p, t)) => (Some(p), t),
+            Err(e) => {
+                toggler.errors.push(e);
+                (None, Default::default())
+            }
+        }
+    } else {
+        (None, Default::default())
+    };
 
     let stop = AtomicBool::new(false);
     let started = Instant::now();
@@ -159,12 +193,22 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         let workers: Vec<_> = (0..config.threads)
             .map(|w| {
                 let (sites, histories, stop) = (&sites, &histories, &stop);
-                s.spawn(move || work(w, sites, histories, stop))
+                let plugins = plugins.as_ref();
+                s.spawn(move || work(w, sites, histories, plugins, stop))
             })
             .collect();
         let bar = progress_bar(config);
         if toggler.errors.is_empty() {
-            toggle_until(started + config.duration, &histories, &mut toggler, &bar);
+            let plugins = plugins
+                .as_ref()
+                .map(|p| (p, &mut plugin_toggler, config.plugin_reload));
+            toggle_until(
+                started + config.duration,
+                &histories,
+                &mut toggler,
+                plugins,
+                &bar,
+            );
         }
         bar.finish_and_clear();
         stop.store(true, Ordering::Relaxed);
@@ -189,6 +233,15 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         })
         .count() as u64;
 
+    // The same for every plugin, which is then unloaded.
+    let plugin_report = plugins.map(|p| {
+        let found = p.finish();
+        let workers: Vec<&plugins::WorkerTally> = tallies.iter().map(|t| &t.plugins).collect();
+        plugins::report(config.plugins, plugin_toggler, &workers, found)
+    });
+    let plugin_inconsistencies = plugin_report
+        .as_ref()
+        .map_or(0, |p| p.plugin_inconsistencies);
     let (emulated1, rewound1) = textpoke::__private::trap_counts();
     let mut times = toggler.times;
     times.sort_unstable_by(f64::total_cmp);
@@ -207,12 +260,14 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         static_calls: calls::CALLS,
         inconsistencies: tallies.iter().map(|t| t.inconsistencies).sum::<u64>()
             + sites_wrong
-            + calls_wrong,
+            + calls_wrong
+            + plugin_inconsistencies,
         toggle_us_median: percentile(&times, 0.5),
         toggle_us_p99: percentile(&times, 0.99),
         traps_emulated: emulated1 - emulated0,
         traps_rewound: rewound1 - rewound0,
         errors: toggler.errors,
+        plugins: plugin_report,
     })
 }
 
@@ -230,12 +285,20 @@ fn progress_bar(config: &Config) -> indicatif::ProgressBar {
 }
 
 /// Calls every site in turn, and a static call after every fourth, until told to stop,
-/// checking each result.
-fn work(first: usize, sites: &[sites::Site], h: &Histories, stop: &AtomicBool) -> WorkerTally {
+/// checking each result. With plugins, after every sixteenth site it also runs one plugin key's sites and the
+/// plugin's static call (see [`Plugins::visit`]).
+fn work(
+    first: usize,
+    sites: &[sites::Site],
+    h: &Histories,
+    plugins: Option<&Plugins>,
+    stop: &AtomicBool,
+) -> WorkerTally {
     let mut tally = WorkerTally::default();
     // Workers start at different sites so that they do not move in lockstep.
     let offset = first * 97 % sites.len();
     let mut x = first as u64;
+    let mut px = first as u64;
     while !stop.load(Ordering::Relaxed) {
         for n in 0..sites.len() {
             let i = (n + offset) % sites.len();
@@ -261,19 +324,30 @@ fn work(first: usize, sites: &[sites::Site], h: &Histories, stop: &AtomicBool) -
                     tally.inconsistencies += 1;
                 }
             }
+            if let Some(p) = plugins
+                && n % 16 == 8
+            {
+                px = px.wrapping_add(1) & 0x0fff_ffff_ffff_ffff;
+                p.visit(first, n, px, &mut tally.plugins);
+            }
         }
     }
     tally
 }
 
 /// Flips keys and retargets static calls until `deadline`: single changes, `inc`/`dec`, and
-/// batches that mix several keys with a static call.
+/// batches that mix several keys with a static call. With plugins, each round also makes one
+/// change to a plugin (see [`Plugins::change`]), and every `reload` one slot's plugin is
+/// unloaded and loaded afresh, the slots in turn.
 fn toggle_until(
     deadline: Instant,
     h: &Histories,
     t: &mut TogglerTally,
+    mut plugins: Option<(&Plugins, &mut plugins::TogglerTally, Duration)>,
     bar: &indicatif::ProgressBar,
 ) {
+    let mut next_reload = Instant::now() + plugins.as_ref().map_or(Duration::ZERO, |p| p.2);
+    let mut reloads = 0usize;
     let keys = h.keys.len();
     let mut round = 0usize;
     let start = Instant::now();
@@ -324,6 +398,18 @@ fn toggle_until(
             h.keys[k].end_change();
         }
         t.key_toggles += chosen.len() as u64 + (round % 4 == 1) as u64;
+        if let Some((p, pt, reload)) = plugins.as_mut() {
+            let mut r = p.change(round, pt);
+            if r.is_ok() && Instant::now() >= next_reload {
+                r = p.reload(reloads % p.slots(), pt);
+                reloads += 1;
+                next_reload = Instant::now() + *reload;
+            }
+            if let Err(e) = r {
+                t.errors.push(e);
+                break;
+            }
+        }
         round += 1;
         if round.is_multiple_of(64) {
             bar.set_position(start.elapsed().as_millis() as u64);
