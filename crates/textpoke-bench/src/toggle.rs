@@ -842,33 +842,43 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn tiny_toggle_run_gives_a_complete_json_object() -> Result<()> {
-        let _serial = crate::tests::serial();
+    /// A short run with a busy thread over `sites`, with `plugins` loaded: each row's JSON
+    /// text and value.
+    fn tiny_run(sites: Vec<usize>, plugins: usize) -> Result<Vec<(String, serde_json::Value)>> {
         let args = ToggleArgs {
-            sites: vec![1, 10],
+            sites,
             busy_threads: 1,
             samples: 5,
             static_keys_samples: Some(3),
             static_keys_budget_ms: 1,
             static_keys_busy: PeerBusy::Own,
-            plugins: 0,
+            plugins,
             no_pin: false,
             json: true,
         };
-        let mut lines = Vec::new();
+        let mut rows = Vec::new();
         run(&args, &mut |row| {
-            lines.push(serde_json::to_string(row)?);
+            let line = serde_json::to_string(row)?;
+            rows.push((line.clone(), serde_json::from_str(&line)?));
             Ok(())
         })?;
-        assert_eq!(lines.len(), 2);
-        for (line, n) in lines.iter().zip([1u64, 10]) {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            let num = |k: &str| {
-                v.get(k)
-                    .and_then(serde_json::Value::as_f64)
-                    .unwrap_or_else(|| panic!("{k} missing or not a number in {line}"))
-            };
+        Ok(rows)
+    }
+
+    /// Field `k` of row `v` (printed as `line`), which must be a number.
+    fn num(v: &serde_json::Value, line: &str, k: &str) -> f64 {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{k} missing or not a number in {line}"))
+    }
+
+    #[test]
+    fn tiny_toggle_run_gives_a_complete_json_object() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let rows = tiny_run(vec![1, 10], 0)?;
+        assert_eq!(rows.len(), 2);
+        for ((line, v), n) in rows.iter().zip([1u64, 10]) {
+            let num = |k: &str| num(v, line, k);
             assert_eq!(v["sites"].as_u64(), Some(n));
             assert_eq!(v["busy_threads"].as_u64(), Some(1));
             assert_eq!(v["textpoke_samples"].as_u64(), Some(5));
@@ -897,30 +907,10 @@ mod tests {
     #[test]
     fn plugin_keys_are_measured_beside_the_executables() -> Result<()> {
         let _serial = crate::tests::serial();
-        let args = ToggleArgs {
-            sites: vec![1, 100],
-            busy_threads: 1,
-            samples: 5,
-            static_keys_samples: Some(3),
-            static_keys_budget_ms: 1,
-            static_keys_busy: PeerBusy::Own,
-            plugins: 2,
-            no_pin: false,
-            json: true,
-        };
-        let mut lines = Vec::new();
-        run(&args, &mut |row| {
-            lines.push(serde_json::to_string(row)?);
-            Ok(())
-        })?;
-        assert_eq!(lines.len(), 2);
-        for (line, n) in lines.iter().zip([1u64, 100]) {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            let num = |k: &str| {
-                v.get(k)
-                    .and_then(serde_json::Value::as_f64)
-                    .unwrap_or_else(|| panic!("{k} missing or not a number in {line}"))
-            };
+        let rows = tiny_run(vec![1, 100], 2)?;
+        assert_eq!(rows.len(), 2);
+        for ((line, v), n) in rows.iter().zip([1u64, 100]) {
+            let num = |k: &str| num(v, line, k);
             assert_eq!(v["sites"].as_u64(), Some(n));
             assert_eq!(v["plugins"].as_u64(), Some(2));
             assert_eq!(v["textpoke_samples"].as_u64(), Some(5));

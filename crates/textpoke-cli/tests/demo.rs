@@ -59,19 +59,12 @@ fn plugins_loaded_toggled_and_unloaded_under_load_are_consistent() {
     assert!(report.calls > 10_000 && report.toggles > 10, "{report:?}");
 }
 
-#[test]
-fn json_output_and_exit_status() {
+/// Runs `textpoke demo ARGS --json`, which must succeed, and parses its output.
+fn demo_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_textpoke"))
-        .args([
-            "demo",
-            "--seconds",
-            "0.5",
-            "--threads",
-            "1",
-            "--sites",
-            "1000",
-            "--json",
-        ])
+        .arg("demo")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     assert!(
@@ -79,7 +72,12 @@ fn json_output_and_exit_status() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn json_output_and_exit_status() {
+    let v = demo_json(&["--seconds", "0.5", "--threads", "1", "--sites", "1000"]);
     for key in [
         "calls",
         "toggles",
@@ -101,16 +99,7 @@ fn json_output_and_exit_status() {
 
 #[test]
 fn json_output_with_plugins() {
-    let out = Command::new(env!("CARGO_BIN_EXE_textpoke"))
-        .args(["demo", "--seconds", "1", "--plugins", "2", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = demo_json(&["--seconds", "1", "--plugins", "2"]);
     assert_eq!(v["inconsistencies"], 0, "{v}");
     assert_eq!(v["plugin_inconsistencies"], 0, "{v}");
     assert_eq!(v["plugins"], 2, "{v}");
