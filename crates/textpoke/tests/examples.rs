@@ -1,0 +1,57 @@
+//! Every example runs to success, so none can rot. `cargo test` builds the examples next to
+//! the test binaries (`target/<profile>/examples/`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in target/<profile>/deps")
+        .join("examples");
+    dir.join(name)
+}
+
+fn run(name: &str, env: &[(&str, &str)]) -> String {
+    let path = example(name);
+    assert!(
+        path.exists(),
+        "{} was not built (cargo test builds examples)",
+        path.display()
+    );
+    let out = Command::new(&path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn static_keys_example() {
+    let out = run("static_keys", &[]);
+    assert!(out.contains("traced, tracing switched"), "{out}");
+}
+
+#[test]
+fn static_calls_example() {
+    let out = run("static_calls", &[]);
+    assert!(out.contains("FAST(20) = 40"), "{out}");
+}
+
+#[test]
+fn alternatives_example_both_ways() {
+    let out = run("alternatives", &[]);
+    assert!(out.contains("SUM(1..=1000) = 500500"), "{out}");
+    let masked = run("alternatives", &[("TEXTPOKE_NO_FEATURES", "popcnt,avx2")]);
+    assert!(masked.contains(": the default"), "{masked}");
+}
