@@ -282,15 +282,41 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
 /// with its chosen code inline, live-safely. A replacement longer than the
 /// default is refused when `apply` validates the table. Must be used inside `unsafe`, like
 /// `asm!`.
+///
+/// A feature name textpoke does not know fails the build, naming it and listing the known ones:
+///
+/// ```compile_fail,E0080
+/// fn f() -> u64 {
+///     let n: u64;
+///     // SAFETY: both sequences only write `n`.
+///     unsafe {
+///         textpoke::alternative!(
+///             default: ["mov {n}, 1"],
+///             "avx3" => ["mov {n}, 2"]; // error: unknown CPU feature `avx3`
+///             n = out(reg) n,
+///         );
+///     }
+///     n
+/// }
+/// ```
 #[macro_export]
 macro_rules! alternative {
     (
         default: [$($default:literal),* $(,)?]
         $(, $feature:literal => [$($code:literal),* $(,)?])* $(,)?
         ; $($operands:tt)*
-    ) => {
+    ) => {{
+        $(
+            const _: () = $crate::features::__check(
+                $feature,
+                concat!(
+                    "textpoke::alternative!: unknown CPU feature `", $feature,
+                    "`; the names textpoke knows: ", $crate::__known_features!()
+                ),
+            );
+        )*
         $crate::__arch_alternative!([$($default),*] $([$feature: $($code),*])* ; $($operands)*)
-    };
+    }};
 }
 
 /// A function-level alternative's selector: adds the update that binds its static call to the
@@ -409,6 +435,17 @@ fn select_all(lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
 /// fn ones_soft(x: u64) -> u32 { x.count_ones() }
 /// fn main() {}
 /// ```
+///
+/// A feature name textpoke does not know fails the build, naming the static and the feature:
+///
+/// ```compile_fail,E0080
+/// textpoke::multiversion! {
+///     static SUM: fn(u64) -> u64 = { "avx-2" => fast, _ => slow }; // error: `avx-2`, in SUM
+/// }
+/// fn fast(x: u64) -> u64 { x }
+/// fn slow(x: u64) -> u64 { x }
+/// fn main() {}
+/// ```
 #[macro_export]
 macro_rules! multiversion {
     () => {};
@@ -486,6 +523,15 @@ macro_rules! __multiversion_select {
     };
     ($name:ident $abi:tt $args:tt $ret:tt
         [$([$feature:literal $kind:ident $f:path])*] _ => $default:path $(,)?) => {
+        $(
+            const _: () = $crate::features::__check(
+                $feature,
+                concat!(
+                    "textpoke::multiversion! ", stringify!($name), ": unknown CPU feature `",
+                    $feature, "`; the names textpoke knows: ", $crate::__known_features!()
+                ),
+            );
+        )*
         impl $name {
             #[doc(hidden)]
             pub fn __textpoke_select(

@@ -85,6 +85,53 @@ const CPUID7: &[(&str, bool, u32)] = &[
     ("fsrm", true, 4),
 ];
 
+/// Every feature name textpoke knows, as one string literal (names separated by spaces), for
+/// the compile-time checks of `alternative!` and `multiversion!`. A test keeps it equal to
+/// [`known`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __known_features {
+    () => {
+        "aes pclmulqdq rdrand rdseed tsc mmx sse sse2 sse3 ssse3 sse4.1 sse4.2 sse4a sha avx avx2 \
+         avx512f avx512cd avx512er avx512pf avx512bw avx512dq avx512vl avx512ifma avx512vbmi \
+         avx512vpopcntdq avx512vbmi2 gfni vaes vpclmulqdq avx512vnni avx512bitalg avx512bf16 \
+         avx512vp2intersect avx512fp16 f16c fma bmi1 bmi2 abm lzcnt tbm popcnt fxsr xsave \
+         xsaveopt xsaves xsavec cmpxchg16b adx rtm movbe avxvnni erms clflushopt fsrm"
+    };
+}
+
+/// Whether `name` is one of the space-separated words of `list`, in a constant.
+const fn listed(name: &str, list: &str) -> bool {
+    let (name, list) = (name.as_bytes(), list.as_bytes());
+    let mut start = 0;
+    while start < list.len() {
+        let mut end = start;
+        while end < list.len() && list[end] != b' ' {
+            end += 1;
+        }
+        if end - start == name.len() {
+            let mut i = 0;
+            while i < name.len() && list[start + i] == name[i] {
+                i += 1;
+            }
+            if i == name.len() && !name.is_empty() {
+                return true;
+            }
+        }
+        start = end + 1;
+    }
+    false
+}
+
+/// Fails the build, with `message`, when `name` is not a feature textpoke knows. Part of the
+/// `alternative!` and `multiversion!` expansions.
+#[doc(hidden)]
+pub const fn __check(name: &str, message: &'static str) {
+    if !listed(name, crate::__known_features!()) {
+        panic!("{}", message);
+    }
+}
+
 /// Every feature name textpoke knows.
 pub fn known() -> impl Iterator<Item = &'static str> {
     DETECTORS
@@ -174,6 +221,21 @@ mod tests {
         assert!(matches!(has("avx3"), Err(Error::UnknownFeature { ref name }) if name == "avx3"));
         // This machine is x86-64: SSE2 is architectural.
         assert!(has("sse2").unwrap());
+    }
+
+    #[test]
+    fn the_compile_time_list_is_the_known_list() {
+        let list: Vec<&str> = crate::__known_features!().split_whitespace().collect();
+        assert_eq!(list, known().collect::<Vec<_>>());
+        assert!(listed("avx2", crate::__known_features!()));
+        assert!(listed("fsrm", crate::__known_features!()));
+        for bad in ["avx3", "avx", "sse4", "", "avx2 "] {
+            assert_eq!(
+                listed(bad, crate::__known_features!()),
+                bad == "avx",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
