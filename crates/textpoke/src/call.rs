@@ -113,6 +113,13 @@ pub trait NoopCall: StaticCall {}
 /// `into_reg` must produce what the C ABI puts in a register for this type (the low bits
 /// matter; the rest may be anything).
 #[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be passed to an `inline` static call",
+    label = "not an integer-class argument",
+    note = "an `inline` static call passes each argument in one integer register of the C ABI: \
+            integers, `bool`, raw pointers and references; declare the call without `inline` \
+            to pass other types"
+)]
 pub unsafe trait CArg {
     /// The register's value.
     fn into_reg(self) -> u64;
@@ -124,6 +131,12 @@ pub unsafe trait CArg {
 ///
 /// `from_reg` must read the value the C ABI returns in `rax` for this type.
 #[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from an `inline` static call",
+    label = "not an integer-class result",
+    note = "an `inline` static call returns in `rax`: integers, `bool`, raw pointers or `()`; \
+            declare the call without `inline` to return other types"
+)]
 pub unsafe trait CRet {
     /// The value, from `rax`.
     fn from_reg(rax: u64) -> Self;
@@ -474,7 +487,46 @@ fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
 ///
 /// Signatures take up to 12 arguments, references included, in the Rust ABI or, written
 /// `extern "C" fn(...)`, the C ABI. Generic functions work through their instantiations
-/// (`HASH.update(hash_with::<Fx>)`).
+/// (`HASH.update(hash_with::<Fx>)`). An `unsafe` function of the signature, such as a C
+/// library's, is taken by `update_unsafe`, whose caller vouches that every call is safe:
+///
+/// ```
+/// unsafe extern "C" {
+///     fn labs(x: i64) -> i64; // the C library's
+/// }
+/// textpoke::static_call! {
+///     static ABS: extern "C" fn(i64) -> i64 = wrapping_abs;
+/// }
+/// extern "C" fn wrapping_abs(x: i64) -> i64 { x.wrapping_abs() }
+///
+/// fn main() -> Result<(), textpoke::Error> {
+///     // SAFETY: `labs` is safe for every argument but `i64::MIN`, which this program never
+///     // passes.
+///     unsafe { ABS.update_unsafe(labs)? };
+///     assert_eq!(ABS.call(-5), 5);
+///     Ok(())
+/// }
+/// ```
+///
+/// More arguments fail to build with a message saying so (12; 6 for `inline` calls):
+///
+/// ```compile_fail
+/// textpoke::static_call! {
+///     inline static WIDE: extern "C" fn(u64, u64, u64, u64, u64, u64, u64) = seven;
+/// }
+/// extern "C" fn seven(_: u64, _: u64, _: u64, _: u64, _: u64, _: u64, _: u64) {}
+/// fn main() {}
+/// ```
+///
+/// and so does an `inline` call of a type that does not travel in one register:
+///
+/// ```compile_fail,E0277
+/// textpoke::static_call! {
+///     inline static HALF: extern "C" fn(f64) -> u64 = half;
+/// }
+/// extern "C" fn half(_: f64) -> u64 { 0 }
+/// fn main() { HALF.call(0.5); }
+/// ```
 ///
 /// **Trampoline symbols.** Each static call's trampoline is a hidden symbol named after the
 /// static's module path and the source file the macro is invoked in, as rustc was given it:
@@ -587,6 +639,24 @@ macro_rules! __static_call {
                     $crate::Batch::new().update(self, f).commit().map(drop)
                 }
 
+                /// Retargets every caller to `f`, an `unsafe` function of the declared
+                /// signature (a C library's, such as `libc::labs`).
+                ///
+                /// # Safety
+                ///
+                /// Calling `f` must be safe for every call the program makes through this
+                /// static call, with whatever arguments it passes.
+                pub unsafe fn update_unsafe(
+                    &self,
+                    f: unsafe $(extern $abi)? fn($($arg),*) -> $ret,
+                ) -> $crate::Result<()> {
+                    // SAFETY: an `unsafe fn` pointer and a safe one of the same signature and
+                    // ABI have the same representation; the caller vouches that every call
+                    // made through this static call is safe.
+                    let f: $(extern $abi)? fn($($arg),*) -> $ret = unsafe { ::core::mem::transmute(f) };
+                    self.update(f)
+                }
+
                 /// Whether the call is currently a no-op.
                 pub fn is_noop(&self) -> bool {
                     self.__core.is_noop()
@@ -673,5 +743,14 @@ macro_rules! __static_call_method {
         $crate::__static_call_method!(
             [$($p: $t = $r,)* $n: $t0 = _] [$($ns)*] [] [$($ts),*] $ret
         );
+    };
+    (inline $name:ident $init:path [$($p:ident: $t:ty = $r:tt),*] [$($ns:ident)*] [] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
+        ::core::compile_error!(
+            "textpoke::static_call!: an `inline` static call takes at most 6 arguments (one C-ABI \
+             register each); declare it without `inline` to pass more"
+        );
+    };
+    ([$($p:ident: $t:ty = $r:tt),*] [] [$($rs:tt)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
+        ::core::compile_error!("textpoke::static_call!: a static call takes at most 12 arguments");
     };
 }
