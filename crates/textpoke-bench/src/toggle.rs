@@ -686,7 +686,7 @@ fn measure_with_plugins(
 
 /// textpoke's table section size over its number of entries.
 pub fn textpoke_table_bytes_per_site() -> Result<f64> {
-    let entries = textpoke::jump_sites()?.len();
+    let entries = textpoke::tables::jump_sites()?.len();
     let bytes = textpoke::__private::jump_table_bytes();
     Ok(if entries == 0 {
         0.0
@@ -888,7 +888,7 @@ mod tests {
             }
             assert_eq!(
                 num("table_bytes_per_site"),
-                textpoke::JUMP_ENTRY_SIZE as f64
+                textpoke::tables::JUMP_ENTRY_SIZE as f64
             );
             assert_eq!(num("static_keys_table_bytes_per_site"), 24.0);
             assert_eq!(num("syncs"), 3.0, "three core syncs per toggle: {line}");

@@ -26,6 +26,19 @@
 //! # Ok::<(), textpoke::Error>(())
 //! ```
 //!
+//! ## A tour
+//!
+//! - **Static keys**: [`StaticKey`], [`static_branch_unlikely!`], [`static_branch_likely!`];
+//!   many keys (and calls) in one transaction with [`Batch`]. Example: `examples/static_keys.rs`
+//!   (`cargo run --example static_keys`).
+//! - **Static calls**: [`static_call!`] declares them; `update`, `update_noop`, `update_unsafe`;
+//!   C-ABI calls may have inline call sites. Example: `examples/static_calls.rs`.
+//! - **Alternatives**: [`alternative!`] (instructions by CPU feature) and [`multiversion!`]
+//!   (functions bound once to the best implementation), applied by [`alternatives::apply`] or
+//!   at first use; [`features`] names the CPU features. Example: `examples/alternatives.rs`.
+//! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call.
+//! - **Tools**: [`insn`] (the NOP classifier, disassembly) and [`tables`] (the table formats).
+//!
 //! ## How a change is made safe
 //!
 //! Every site of every key in a batch is checked against the bytes its key's state implies and
@@ -86,6 +99,22 @@
 //! blocks, so the discard alone brings every thread to the new code. Natively the cost is one
 //! cached flag check per write.
 //!
+//! ## Limits
+//!
+//! - x86-64 Linux only.
+//! - Without `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)` (kernel < 4.16, or a seccomp filter)
+//!   textpoke refuses to patch with [`Error::CoreSyncUnavailable`]; there is no unsafe fallback.
+//! - Writing needs `/proc/self/mem` to accept forced writes (the default); otherwise
+//!   [`Error::Syscall`].
+//! - A thread that blocks SIGTRAP and meets a site mid-batch is killed by the kernel; see
+//!   [`threads_blocking_sigtrap`].
+//! - A key and its sites live in one object (executable or shared library); so do a static
+//!   call and its trampoline (its targets may be anywhere in loaded code).
+//! - `static_call!` and `multiversion!` are used at module level; alternatives' sites are at
+//!   most 32 bytes.
+//! - A SIGTRAP handler installed over textpoke's while a batch is in flight is handed
+//!   textpoke's breakpoints until the batch's next phase; chain to the handler you replace.
+//!
 //! Platform: x86-64 Linux.
 
 #![warn(missing_docs)]
@@ -118,7 +147,12 @@ pub use error::{CodeBytes, Error, Result};
 pub use key::StaticKey;
 pub use location::Location;
 pub use os::ThreadInfo;
-pub use table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
+
+/// The site tables textpoke's macros emit, for tools and tests that read them: section names,
+/// entry sizes, and the validated sites.
+pub mod tables {
+    pub use crate::table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
+}
 
 /// Instruction knowledge shared by every part of textpoke and its tools.
 pub mod insn {

@@ -36,7 +36,7 @@ fn site_outside_text_is_an_error_and_nothing_is_written() {
     assert!(!KEY.is_enabled());
     // Validation failures are sticky: the table is not trusted later either.
     assert!(matches!(
-        textpoke::jump_sites(),
+        textpoke::tables::jump_sites(),
         Err(Error::OutsideText { .. })
     ));
 }

@@ -78,10 +78,10 @@ fn keys_follow_enable_disable_inc_dec_and_batches() -> Result<(), Error> {
 
 #[test]
 fn table_is_compact_and_validated() -> Result<(), Error> {
-    let sites = textpoke::jump_sites()?;
+    let sites = textpoke::tables::jump_sites()?;
     assert!(sites.len() >= 5, "{sites:?}");
     let bytes = textpoke::__private::jump_table_bytes();
-    assert_eq!(bytes, sites.len() * textpoke::JUMP_ENTRY_SIZE);
+    assert_eq!(bytes, sites.len() * textpoke::tables::JUMP_ENTRY_SIZE);
     assert!(
         bytes / sites.len() <= 16,
         "{bytes} bytes for {} sites",

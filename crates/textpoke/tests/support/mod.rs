@@ -15,7 +15,7 @@ pub fn poke_behind_back(addr: usize, bytes: &[u8]) {
 
 /// The bytes of every static-branch site in this binary.
 pub fn snapshot_sites() -> Vec<(usize, Vec<u8>)> {
-    textpoke::jump_sites()
+    textpoke::tables::jump_sites()
         .expect("table validates")
         .iter()
         .map(|s| (s.addr, textpoke::__private::read_code(s.addr, 5).unwrap()))
