@@ -119,6 +119,11 @@
 
 #![warn(missing_docs)]
 
+// Every Rust block of the README is compiled and run as a doc test, so none can go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}
+
 /// Instruction-level alternatives chosen by CPU feature.
 pub mod alternatives {
     #[doc(hidden)]
