@@ -151,7 +151,11 @@ fn run_demo(
         duration,
         threads,
         sites,
-        progress: !json,
+        progress: if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            demo::Progress::Bar
+        } else {
+            demo::Progress::Lines
+        },
         plugins,
         plugin_reload,
     };
@@ -178,21 +182,34 @@ fn run_demo(
 }
 
 fn print_summary(r: &demo::Report) {
+    let n = |v: u64| demo::thousands(v);
     println!(
         "{} worker threads called {} sites {} times in {:.1} s ({} on the enabled path)",
-        r.threads, r.sites, r.calls, r.seconds, r.calls_enabled
+        r.threads,
+        n(r.sites as u64),
+        n(r.calls),
+        r.seconds,
+        n(r.calls_enabled)
     );
     println!(
         "{} changes ({} key flips over {} keys, {} sites each): median {:.1} µs, p99 {:.1} µs",
-        r.toggles, r.key_toggles, r.keys, r.sites_per_key, r.toggle_us_median, r.toggle_us_p99
+        n(r.toggles),
+        n(r.key_toggles),
+        r.keys,
+        n(r.sites_per_key as u64),
+        r.toggle_us_median,
+        r.toggle_us_p99
     );
     println!(
         "{} static calls called {} times, retargeted {} times",
-        r.static_calls, r.static_call_calls, r.static_call_updates
+        r.static_calls,
+        n(r.static_call_calls),
+        n(r.static_call_updates)
     );
     println!(
         "breakpoint traps: {} emulated, {} re-executed",
-        r.traps_emulated, r.traps_rewound
+        n(r.traps_emulated as u64),
+        n(r.traps_rewound as u64)
     );
     if let Some(p) = &r.plugins {
         println!(

@@ -11,7 +11,7 @@ fn toggling_under_load_is_consistent() {
         duration: Duration::from_millis(1500),
         threads: 2,
         sites: 1200,
-        progress: false,
+        progress: demo::Progress::Off,
         plugins: 0,
         plugin_reload: Duration::from_millis(10),
     })
@@ -34,7 +34,7 @@ fn plugins_loaded_toggled_and_unloaded_under_load_are_consistent() {
         duration: Duration::from_millis(1500),
         threads: 2,
         sites: 1200,
-        progress: false,
+        progress: demo::Progress::Off,
         plugins: 2,
         plugin_reload: Duration::from_millis(10),
     })
@@ -140,4 +140,31 @@ fn every_demo_site_is_distinct_and_tabled() {
     for key in sites::KEY_LIST {
         assert_eq!(key.sites().unwrap(), sites::PER_KEY);
     }
+}
+
+#[test]
+fn numbers_have_separators() {
+    assert_eq!(demo::thousands(0), "0");
+    assert_eq!(demo::thousands(999), "999");
+    assert_eq!(demo::thousands(1_000), "1,000");
+    assert_eq!(demo::thousands(1_234_567), "1,234,567");
+}
+
+#[test]
+fn progress_shows_on_stderr_when_it_is_not_a_terminal() {
+    let out = Command::new(env!("CARGO_BIN_EXE_textpoke"))
+        .args(["demo", "--seconds", "2.5", "--threads", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("textpoke demo: 1 s of 2 s,") && stderr.contains("changes so far"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["inconsistencies"], 0,
+        "stdout still carries only the JSON report"
+    );
 }

@@ -25,8 +25,8 @@ pub struct Config {
     pub threads: usize,
     /// Distinct sites the workers call (at most [`MAX_SITES`]).
     pub sites: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// How progress is shown on stderr while it runs.
+    pub progress: Progress,
     /// Plugin slots: copies of the plugin fixture loaded, toggled and unloaded meanwhile (0:
     /// none).
     pub plugins: usize,
@@ -197,7 +197,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
                 s.spawn(move || work(w, sites, histories, plugins, stop))
             })
             .collect();
-        let bar = progress_bar(config);
+        let mut bar = Reporter::new(config.progress, config.duration);
         if toggler.errors.is_empty() {
             let plugins = plugins
                 .as_ref()
@@ -207,10 +207,10 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
                 &histories,
                 &mut toggler,
                 plugins,
-                &bar,
+                &mut bar,
             );
         }
-        bar.finish_and_clear();
+        bar.finish();
         stop.store(true, Ordering::Relaxed);
         workers
             .into_iter()
@@ -271,17 +271,84 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     })
 }
 
-fn progress_bar(config: &Config) -> indicatif::ProgressBar {
-    if !config.progress {
-        return indicatif::ProgressBar::hidden();
+/// How progress is shown on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A bar (stderr is a terminal).
+    Bar,
+    /// A line every second (stderr is a file or a pipe, or stdout carries JSON).
+    Lines,
+    /// Nothing.
+    Off,
+}
+
+/// Shows how far the run is, in the demo's own words (changes so far).
+struct Reporter {
+    mode: Progress,
+    bar: indicatif::ProgressBar,
+    total: Duration,
+    next_line: Duration,
+}
+
+impl Reporter {
+    fn new(mode: Progress, total: Duration) -> Self {
+        let bar = if mode == Progress::Bar {
+            let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{bar:40}] {elapsed}/{duration} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Reporter {
+            mode,
+            bar,
+            total,
+            next_line: Duration::from_secs(1),
+        }
     }
-    let bar = indicatif::ProgressBar::new(config.duration.as_millis() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {elapsed}/{duration} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar
+
+    fn update(&mut self, elapsed: Duration, changes: usize) {
+        match self.mode {
+            Progress::Bar => {
+                self.bar.set_position(elapsed.as_millis() as u64);
+                self.bar
+                    .set_message(format!("{} changes", thousands(changes as u64)));
+            }
+            Progress::Lines if elapsed >= self.next_line => {
+                self.next_line += Duration::from_secs(1);
+                eprintln!(
+                    "textpoke demo: {:.0} s of {:.0} s, {} changes so far",
+                    elapsed.as_secs_f64(),
+                    self.total.as_secs_f64(),
+                    thousands(changes as u64)
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `n` with a comma between each group of three digits: `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Calls every site in turn, and a static call after every fourth, until told to stop,
@@ -344,7 +411,7 @@ fn toggle_until(
     h: &Histories,
     t: &mut TogglerTally,
     mut plugins: Option<(&Plugins, &mut plugins::TogglerTally, Duration)>,
-    bar: &indicatif::ProgressBar,
+    bar: &mut Reporter,
 ) {
     let mut next_reload = Instant::now() + plugins.as_ref().map_or(Duration::ZERO, |p| p.2);
     let mut reloads = 0usize;
@@ -412,8 +479,7 @@ fn toggle_until(
         }
         round += 1;
         if round.is_multiple_of(64) {
-            bar.set_position(start.elapsed().as_millis() as u64);
-            bar.set_message(format!("{round} rounds"));
+            bar.update(start.elapsed(), round);
         }
     }
 }
