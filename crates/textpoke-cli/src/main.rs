@@ -130,7 +130,12 @@ fn run_decode(code: Vec<String>, options: &decode::Options) -> ExitCode {
             Err(_) => ExitCode::FAILURE,
         },
         Err(e) => {
-            eprintln!("textpoke decode: {e}");
+            if options.json {
+                // Machine-readable output stays machine-readable when the input is bad.
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("textpoke decode: {e}");
+            }
             ExitCode::from(2)
         }
     }

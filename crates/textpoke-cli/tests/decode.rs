@@ -213,6 +213,11 @@ fn bad_input_exits_2_with_a_message() {
         ),
         (&["--arch", "aarch64", "1f 20 03"], None, "4-byte aarch64"),
         (&["--arch", "sparc", "90"], None, "invalid value"),
+        (
+            &["--att", "39402e61 (d4210000)"],
+            None,
+            "--att applies to x86-64 only",
+        ),
     ];
     for (args, stdin, message) in cases {
         let out = textpoke(args, *stdin);
@@ -222,4 +227,23 @@ fn bad_input_exits_2_with_a_message() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+}
+
+#[test]
+fn json_errors_are_json() {
+    let out = textpoke(&["--json", "0f zz"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("a JSON error object on stdout");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("not hex")),
+        "{v}"
+    );
+}
+
+#[test]
+fn skipped_leading_bytes_are_not_called_bad() {
+    // `d0` ends an instruction that began before the line.
+    let text = ok(&["d0 48 89 c2 <48> 8b 00 c3"], None);
+    assert!(text.contains("(skipped)"), "{text}");
+    assert!(!text.contains("(bad)"), "{text}");
 }

@@ -36,6 +36,9 @@ pub struct Code {
 /// Why the input is not machine code. Each message names the offending token.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum InputError {
+    /// AT&T syntax was asked for code that is not x86-64.
+    #[error("--att applies to x86-64 only; this code is arm64, which has one syntax")]
+    AttNotForArm64,
     /// Nothing to decode.
     #[error(
         "no machine code given: pass hex bytes or a kernel oops Code: line as arguments or on standard input"

@@ -109,6 +109,9 @@ pub fn decode(code: &Code, syntax: Syntax) -> Decoded {
 /// that the command prints.
 pub fn run(input: &str, options: &Options) -> Result<String, InputError> {
     let code = parse(input, options.arch)?;
+    if code.arch == Arch::Aarch64 && options.syntax == Syntax::Att {
+        return Err(InputError::AttNotForArm64);
+    }
     let decoded = decode(&code, options.syntax);
     Ok(if options.json {
         render_json(&decoded)

@@ -9,8 +9,8 @@
 //! - the marked instruction and everything after it are decoded from the marked byte;
 //! - for the bytes before it, the first start offset `s` (trying 0, 1, 2, …) is taken from
 //!   which every instruction decodes validly and the last one ends exactly on the marked byte.
-//!   Bytes before `s` are shown as one `(bad)` line; if no start offset lands on the mark, the
-//!   whole prefix is. (Which starts land on the mark is found in one backward pass, one
+//!   Bytes before `s` are shown as one `(skipped)` line (the tail of an instruction that began
+//!   before the line); if no start offset lands on the mark, the whole prefix is. (Which starts land on the mark is found in one backward pass, one
 //!   decode per byte, so a long prefix costs no more than decoding it.)
 //!
 //! With no mark, decoding simply starts at byte 0. The NOP column comes from the project's
@@ -23,6 +23,10 @@ use iced_x86::{
 
 use super::{Insn, Syntax, hex_bytes, signed_hex};
 
+/// The text of leading bytes that are not decoded: they end an instruction that began before
+/// the line, so they are not instructions of their own.
+pub const SKIPPED: &str = "(skipped)";
+
 /// Decodes `bytes`, whose byte at offset `mark` (if any) starts the faulting instruction, into
 /// instructions covering every byte. Branch targets are shown as offsets from byte 0.
 pub fn decode(bytes: &[u8], mark: Option<usize>, syntax: Syntax) -> Vec<Insn> {
@@ -34,7 +38,7 @@ pub fn decode(bytes: &[u8], mark: Option<usize>, syntax: Syntax) -> Vec<Insn> {
             let start = start_before(bytes, m);
             let decoded_from = start.unwrap_or(m);
             if decoded_from > 0 {
-                out.push(bad(bytes, 0, decoded_from, "(bad)"));
+                out.push(bad(bytes, 0, decoded_from, SKIPPED));
             }
             decoded_from
         }
@@ -210,7 +214,7 @@ mod tests {
         assert_eq!(
             texts(&insns),
             [
-                (0, "(bad)"),
+                (0, SKIPPED),
                 (1, "mov rdx,rax"),
                 (4, "mov rax,[rax]"),
                 (7, "ret")
@@ -232,13 +236,13 @@ mod tests {
         let insns = decode(&bytes, Some(1), Syntax::Intel);
         assert_eq!(
             texts(&insns),
-            [(0, "(bad)"), (1, "nop"), (2, "ret")],
+            [(0, SKIPPED), (1, "nop"), (2, "ret")],
             "{insns:?}"
         );
         assert!(insns[1].marked && insns[1].is_nop);
         // A skipped head: neither `ff ff` nor `ff 90 ..` decodes; from 2 the chain lands.
         let insns = decode(&[0xff, 0xff, 0x90, 0x90], Some(3), Syntax::Intel);
-        assert_eq!(texts(&insns), [(0, "(bad)"), (2, "nop"), (3, "nop")]);
+        assert_eq!(texts(&insns), [(0, SKIPPED), (2, "nop"), (3, "nop")]);
     }
 
     #[test]
