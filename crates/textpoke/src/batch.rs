@@ -3,9 +3,9 @@
 use std::sync::{Mutex, MutexGuard};
 
 use crate::Result;
-use crate::call::{CallCore, CallPlan, NoopCall, StaticCall};
+use crate::calls::{CallCore, CallPlan, NoopCall, StaticCall};
 use crate::engine::{self, PatchStats, Poke};
-use crate::key::{KeyCore, KeyPlan, StaticKey};
+use crate::keys::{KeyCore, KeyPlan, StaticKey};
 
 /// Pokes of the batch being built, reused across batches (only touched under the patch lock):
 /// a fresh vector per batch would fault in fresh pages for large batches.
@@ -84,7 +84,7 @@ impl<'a> Batch<'a> {
     pub fn commit(self) -> Result<PatchStats> {
         // References on targets' objects are taken and dropped outside the patch lock: the
         // loader's lock is taken inside it by a `dlclose` that waits for a batch.
-        let mut held = crate::call::hold_targets(&self.calls)?;
+        let mut held = crate::calls::hold_targets(&self.calls)?;
         let mut released = Vec::new();
         let lock = crate::engine::lock()?;
         let result = self.commit_held(&lock, &mut held, &mut released);
@@ -106,7 +106,7 @@ impl<'a> Batch<'a> {
     fn commit_held(
         self,
         lock: &crate::engine::PatchGuard,
-        held: &mut crate::call::Held<'a>,
+        held: &mut crate::calls::Held<'a>,
         released: &mut Vec<crate::os::ObjectRef>,
     ) -> Result<PatchStats> {
         let mut pokes = pokes_scratch();

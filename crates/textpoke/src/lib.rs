@@ -124,39 +124,31 @@
 #[doc = include_str!("../../../README.md")]
 mod readme {}
 
-/// Instruction-level alternatives chosen by CPU feature.
-pub mod alternatives {
-    #[doc(hidden)]
-    pub use crate::alt::first_use;
-    #[doc(hidden)]
-    pub use crate::alt::{SELECT_OWNER, Selector};
-    pub use crate::alt::{applied, apply, apply_on_first_use, choices, first_use_error};
-}
-mod alt;
+pub mod alternatives;
 mod arch;
 mod batch;
-mod call;
+mod calls;
 mod engine;
 mod error;
 pub mod features;
-mod key;
+mod keys;
 mod location;
 mod os;
 mod table;
 
 pub use batch::Batch;
-pub use call::{NoopCall, StaticCall};
+pub use calls::{NoopCall, StaticCall};
 pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
-pub use key::StaticKey;
+pub use keys::StaticKey;
 pub use location::Location;
 pub use os::ThreadInfo;
 
 /// The site tables textpoke's macros emit, for tools and tests that read them: section names,
 /// entry sizes, and the validated sites.
 pub mod tables {
-    pub use crate::table::jump::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
+    pub use crate::keys::table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 }
 
 /// Instruction knowledge shared by every part of textpoke and its tools.
@@ -167,14 +159,14 @@ pub mod insn {
 /// Low-level access for textpoke's own tools and tests. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::alt::planned_code as planned_alt_code;
+    pub use crate::alternatives::planned_code as planned_alt_code;
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
-    pub use crate::call::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
+    pub use crate::calls::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{
         MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
     };
+    pub use crate::keys::table::jump_table_bytes;
     pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
-    pub use crate::table::jump::jump_table_bytes;
 
     /// The compile-time initial state of a key, for the site macros.
     pub const fn initial_state<const I: bool>(_key: &crate::StaticKey<I>) -> bool {
@@ -188,9 +180,13 @@ pub mod __private {
 ///
 /// None of this copy's code runs again (its object is being unloaded).
 pub(crate) unsafe fn release_on_unload() {
-    call::release_held();
+    calls::release_held();
     // SAFETY: the caller's guarantee.
-    unsafe { table::release_all() };
+    unsafe {
+        keys::release();
+        calls::release();
+        alternatives::release();
+    }
     batch::release();
     engine::release();
     os::release();

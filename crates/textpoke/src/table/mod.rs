@@ -1,14 +1,12 @@
-//! Site tables: their common format rules and validation.
+//! The rules every capability's table follows: their format rules and validation, and the
+//! lazily built index cell. Each capability owns its table format (`keys::table`,
+//! `calls::table`, `alternatives::table`); nothing here knows any of them.
 //!
 //! Every table is a retained, allocated, read-only section whose name carries its format
 //! version, so a binary never mixes formats. Entries are made of 32-bit offsets, each relative
 //! to its own field's address: position-relative, so they need no dynamic relocation, and never
 //! written. Indexes built from them live on the heap. A table that fails validation fails every
 //! later use the same way.
-
-pub mod alt;
-pub mod call;
-pub mod jump;
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -58,20 +56,6 @@ impl<T> IndexCell<T> {
             // SAFETY: the caller's guarantee; `p` came from `Box::into_raw`.
             drop(unsafe { Box::from_raw(p) });
         }
-    }
-}
-
-/// Frees every table index of this copy.
-///
-/// # Safety
-///
-/// As [`IndexCell::release`].
-pub(crate) unsafe fn release_all() {
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        jump::INDEX.release();
-        call::INDEX.release();
-        alt::INDEX.release();
     }
 }
 

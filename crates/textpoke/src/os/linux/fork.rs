@@ -19,5 +19,5 @@ extern "C" fn child() {
     super::mem::forget_after_fork();
     super::sync::forget_after_fork();
     crate::engine::forget_after_fork();
-    crate::alt::forget_after_fork();
+    crate::alternatives::forget_after_fork();
 }

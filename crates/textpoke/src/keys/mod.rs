@@ -1,4 +1,7 @@
-//! Static keys: booleans that live in the code as a NOP or a JMP at every site.
+//! Static keys: booleans that live in the code as a NOP or a JMP at every site. This folder
+//! owns the key API, its table format (`table`) and its planning.
+
+pub(crate) mod table;
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -6,8 +9,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
 use crate::engine::PatchGuard;
 use crate::engine::{self, PatchStats, Poke};
-use crate::table::jump::{JumpSite, jump_index};
 use crate::{Error, Location, Result};
+use table::{JumpSite, jump_index};
 
 /// Signature stored in every key, checked when a table entry names it.
 const KEY_MAGIC: u32 = u32::from_le_bytes(*b"tpk1");
@@ -304,4 +307,14 @@ impl<'a> KeyPlan<'a> {
             key.count.store(count, Ordering::Release);
         }
     }
+}
+
+/// Frees the key table's index.
+///
+/// # Safety
+///
+/// No reference to the index is used again (this copy's object is being unloaded).
+pub(crate) unsafe fn release() {
+    // SAFETY: the caller's guarantee.
+    unsafe { table::INDEX.release() };
 }

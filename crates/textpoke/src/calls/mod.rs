@@ -5,14 +5,16 @@
 //! emit `call`, tail `jmp` or conditional tail `jcc` to it: none of those sites is ever patched,
 //! only the trampoline, with the same breakpoint protocol as static keys.
 
+pub(crate) mod table;
+
 use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 use crate::arch::{CALL_LEN, Insn, TRAMPOLINE_PATCH_LEN, TrampolineForm, call_code};
 use crate::engine::PatchGuard;
 use crate::engine::{Code, Poke};
 use crate::os::{ObjectRef, TextMap};
-use crate::table::call::{CallSite, call_index};
 use crate::{Error, Location, Result};
+use table::{CallSite, call_index};
 
 const CALL_MAGIC: u32 = u32::from_le_bytes(*b"tpc1");
 /// `CallCore::target` while the trampoline still holds its compiled-in target.
@@ -241,7 +243,7 @@ impl<'a> CallPlan<'a> {
         }
         for (core, target) in unique {
             let site = index.find(core.addr()).ok_or_else(|| Error::BadTable {
-                table: crate::table::call::CALL_SECTION,
+                table: table::CALL_SECTION,
                 why: format!(
                     "static call {} has no trampoline in this object's table",
                     Location::of(core.addr())
@@ -336,7 +338,7 @@ pub(crate) fn hold_targets<'a>(wanted: &[(&'a CallCore, Option<usize>)]) -> Resu
 /// Drops the references this copy's static calls hold on other objects (this copy's object is
 /// being unloaded, and its calls with it).
 pub(crate) fn release_held() {
-    for core in crate::table::call::cores() {
+    for core in table::cores() {
         // SAFETY: the table validated `core` as a `CallCore` of this object, which is still
         // mapped; `held` only stores handles from `into_raw`.
         let core = unsafe { &*(core as *const CallCore) };
@@ -354,7 +356,7 @@ pub fn trampoline_of<C: StaticCall>(call: &C) -> Result<usize> {
         .find(core)
         .map(|site| site.trampoline)
         .ok_or_else(|| Error::BadTable {
-            table: crate::table::call::CALL_SECTION,
+            table: table::CALL_SECTION,
             why: format!("static call {} is not in the table", Location::of(core)),
         })
 }
@@ -753,4 +755,14 @@ macro_rules! __static_call_method {
     ([$($p:ident: $t:ty = $r:tt),*] [] [$($rs:tt)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
         ::core::compile_error!("textpoke::static_call!: a static call takes at most 12 arguments");
     };
+}
+
+/// Frees the call tables' index.
+///
+/// # Safety
+///
+/// No reference to the index is used again (this copy's object is being unloaded).
+pub(crate) unsafe fn release() {
+    // SAFETY: the caller's guarantee.
+    unsafe { table::INDEX.release() };
 }

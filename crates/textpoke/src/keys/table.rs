@@ -4,10 +4,10 @@
 //! target, and the key plus flags (bit 0: `likely` site; bits 1-2 reserved and zero; keys are
 //! 8-aligned).
 
-use super::{IndexCell, Table};
+use super::KeyCore;
 use crate::arch::JUMP_LABEL_LEN;
 use crate::engine::{self, PatchGuard};
-use crate::key::KeyCore;
+use crate::table::{IndexCell, Table};
 use crate::{Error, Result};
 
 /// Name of the section holding static-branch entries.

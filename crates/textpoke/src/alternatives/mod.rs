@@ -23,13 +23,15 @@
 //! A program may instead call [`apply`] itself, early, to choose when the code is written and to
 //! see any error; [`apply_on_first_use`] turns the first-use path off.
 
+mod table;
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::arch::{FIRST_USE_LEN, Insn, JUMP_LABEL_LEN, fill_padding, jump_label_code, relocate};
 use crate::engine::{self, Code, PatchStats, Poke};
-use crate::table::alt::{AltSite, alt_index};
 use crate::{Error, Location, Result, features, os};
+use table::{AltSite, alt_index};
 
 static APPLIED: AtomicBool = AtomicBool::new(false);
 
@@ -162,6 +164,7 @@ pub fn choices() -> Result<Vec<(usize, String)>> {
 }
 
 /// The code [`apply`] would write at each site, in address order. For tests.
+#[doc(hidden)]
 pub fn planned_code() -> Result<Vec<(usize, Vec<u8>)>> {
     let lock = crate::engine::lock()?;
     alt_index(&lock)?
@@ -177,7 +180,7 @@ fn bad(site: &AltSite, why: String) -> Error {
     }
 }
 
-fn choose(site: &AltSite) -> Result<&crate::table::alt::Candidate> {
+fn choose(site: &AltSite) -> Result<&table::Candidate> {
     for c in &site.candidates {
         if c.len > site.len {
             return Err(bad(
@@ -584,4 +587,14 @@ macro_rules! __multiversion_fn {
             >(f)
         }
     }};
+}
+
+/// Frees the alternatives table's index.
+///
+/// # Safety
+///
+/// No reference to the index is used again (this copy's object is being unloaded).
+pub(crate) unsafe fn release() {
+    // SAFETY: the caller's guarantee.
+    unsafe { table::INDEX.release() };
 }

@@ -5,8 +5,8 @@
 //! empty for the default itself) and two `u16` lengths (default, candidate). A site's candidates
 //! are contiguous and in priority order, the default last.
 
-use super::{IndexCell, Table};
 use crate::engine::{self, PatchGuard};
+use crate::table::{IndexCell, Table};
 use crate::{Error, Location, Result};
 use std::ffi::CStr;
 

@@ -5,10 +5,10 @@
 //! `textpoke_callsite_v1` has one 8-byte entry per inline call site (a `call rel32` that
 //! textpoke emitted itself): the site and the call's state.
 
-use super::{IndexCell, Table};
+use super::CallCore;
 use crate::arch::{CALL_LEN, TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
-use crate::call::CallCore;
 use crate::engine::{self, PatchGuard};
+use crate::table::{IndexCell, Table};
 use crate::{Error, Location, Result};
 
 /// Name of the section holding static-call entries.
