@@ -174,12 +174,27 @@ pub mod __private {
     }
 }
 
+/// Runs when this copy's object is unloaded (a `.fini_array` entry; also at exit, when it does
+/// nothing): the engine gives this copy's sites back to the process's patcher, then every
+/// capability frees what it built.
+extern "C" fn on_unload() {
+    if engine::unload_copy() {
+        // SAFETY: the object is being unloaded: none of its code, which alone uses these, runs
+        // again.
+        unsafe { release_on_unload() };
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static ON_UNLOAD: extern "C" fn() = on_unload;
+
 /// Frees this copy's heap state: its object is being unloaded.
 ///
 /// # Safety
 ///
 /// None of this copy's code runs again (its object is being unloaded).
-pub(crate) unsafe fn release_on_unload() {
+unsafe fn release_on_unload() {
     calls::release_held();
     // SAFETY: the caller's guarantee.
     unsafe {

@@ -102,7 +102,8 @@ pub fn first_use() -> bool {
 /// default meanwhile). Called by the first-use stub with every register saved.
 extern "C" fn first_use_hook() {
     // Before the state can be BUSY: a child forked while it is must find it reset.
-    os::register_fork_handlers();
+    static FORK: std::sync::Once = std::sync::Once::new();
+    FORK.call_once(|| os::at_fork_child(forget_after_fork));
     if FIRST_USE
         .compare_exchange(ON, BUSY, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
@@ -144,7 +145,7 @@ fn apply_locked(lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
 }
 
 /// A child forked while another thread was starting a first use must not wait for it forever.
-pub(crate) fn forget_after_fork() {
+extern "C" fn forget_after_fork() {
     rearm();
 }
 

@@ -17,6 +17,7 @@ mod runs;
 mod trap;
 
 pub use code::{Code, MAX_CODE};
+pub(crate) use patcher::unload_copy;
 pub use patcher::{
     PatchGuard, lock, patcher_id, register_sites, threads_blocking_sigtrap, trap_counts, try_lock,
 };

@@ -221,6 +221,13 @@ fn claim(p: &'static PatcherV1, object: &str) -> Result<&'static PatcherV1> {
     }
 }
 
+/// Registers, once, the fork handlers of the OS layer and of the engine's trap bookkeeping.
+fn register_fork_handlers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    os::register_fork_handlers();
+    ONCE.call_once(|| os::at_fork_child(super::forget_after_fork));
+}
+
 /// Proof that the caller holds the process's patch lock. Released on drop.
 pub struct PatchGuard {
     owner: &'static PatcherV1,
@@ -234,7 +241,7 @@ impl Drop for PatchGuard {
 
 /// Takes the process's patch lock, waiting as long as needed.
 pub fn lock() -> Result<PatchGuard> {
-    os::register_fork_handlers();
+    register_fork_handlers();
     let owner = owner()?;
     (owner.lock)();
     Ok(PatchGuard { owner })
@@ -242,7 +249,7 @@ pub fn lock() -> Result<PatchGuard> {
 
 /// Takes the process's patch lock if no one holds it, without waiting.
 pub fn try_lock() -> Option<PatchGuard> {
-    os::register_fork_handlers();
+    register_fork_handlers();
     let owner = owner().ok()?;
     (owner.try_lock)().then_some(PatchGuard { owner })
 }
@@ -428,16 +435,19 @@ unsafe extern "C" fn abi_trap_counts(emulated: *mut usize, rewound: *mut usize) 
     }
 }
 
-/// Runs when this copy's object is unloaded (and at exit, when it does nothing).
-extern "C" fn on_unload() {
+/// When this copy's object is being unloaded: removes its sites from the patcher's registry
+/// (waiting for a batch in flight) and frees them. Returns whether the caller should free the
+/// rest of this copy's state: false at exit (nothing is torn down), for the patcher itself (its
+/// object is permanent) and for a copy that never joined.
+pub(crate) fn unload_copy() -> bool {
     let owner = OWNER.load(Ordering::Acquire);
     if owner.is_null() || std::ptr::eq(owner, this()) {
-        return; // never joined, or the patcher itself (its object is permanent)
+        return false;
     }
     // SAFETY: OWNER only holds tables of permanent objects.
     let owner = unsafe { &*owner };
     if (owner.exiting)() {
-        return;
+        return false;
     }
     (owner.lock)();
     let registered = std::mem::take(&mut *REGISTERED.lock().unwrap_or_else(|e| e.into_inner()));
@@ -450,14 +460,8 @@ extern "C" fn on_unload() {
         // SAFETY: leaked by `register_sites`; no trap handler reads it any more.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr as *mut usize, len)) });
     }
-    // SAFETY: the object is being unloaded: none of its code, which alone uses these, runs
-    // again.
-    unsafe { crate::release_on_unload() };
+    true
 }
-
-#[used]
-#[unsafe(link_section = ".fini_array")]
-static ON_UNLOAD: extern "C" fn() = on_unload;
 
 /// An [`Error`] in the frozen `v1` layout, for errors the patcher returns to another copy.
 #[repr(C)]

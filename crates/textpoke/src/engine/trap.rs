@@ -239,7 +239,7 @@ unsafe fn lookup(regs: &mut Regs) -> bool {
 }
 
 /// In a forked child: handlers that were running in other parent threads do not exist here.
-pub(crate) fn forget_after_fork() {
+pub(crate) extern "C" fn forget_after_fork() {
     READERS.store(0, Ordering::SeqCst);
 }
 

@@ -21,11 +21,13 @@ pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, TrapView, threads_blocking_sigtrap};
 pub use valgrind::running as running_on_valgrind;
 
-/// Registers this copy's fork handler (once), so that a child never keeps this copy's
-/// per-process state.
+/// Registers the OS layer's fork handler (once), so that a child never keeps this copy's
+/// `/proc/self/mem` handle or membarrier registration.
 pub fn register_fork_handlers() {
     fork::register_once();
 }
+
+pub use fork::at_fork_child;
 
 /// Makes everything a batch needs ready: the trap handler, core serialization, the writer.
 /// Cheap after the first call in a process (one `sigaction` query).
