@@ -32,31 +32,53 @@ fn too_long() -> u64 {
     n
 }
 
+/// A site that can be applied, beside the two that cannot.
+#[inline(never)]
+fn good() -> u64 {
+    let n: u64;
+    // SAFETY: every sequence only writes `n`.
+    unsafe {
+        textpoke::alternative!(
+            default: ["mov {n}, 1"],
+            "sse2" => ["mov {n}, 2"]; // architectural on x86-64
+            n = out(reg) n,
+        );
+    }
+    n
+}
+
 #[test]
-fn unknown_features_and_long_replacements_are_errors() {
+fn bad_sites_are_refused_alone_and_the_others_applied() {
     let before = (unknown_feature(), too_long());
-    // The first run tried to apply, failed, and left the defaults running.
-    let first = textpoke::alternatives::first_use_error().expect("the first use failed");
+    // The first run applied what it could and recorded the first refusal.
+    let first = textpoke::alternatives::first_use_error().expect("the first use refused sites");
     assert!(matches!(first, Error::BadAlternative { .. }), "{first:?}");
-    let err = textpoke::alternatives::apply().unwrap_err();
-    let Error::BadAlternative { site, why } = &err else {
-        panic!("expected BadAlternative, got {err:?}");
-    };
+    assert!(textpoke::alternatives::applied());
+    let refused = textpoke::alternatives::refused();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let whys: Vec<String> = refused.iter().map(ToString::to_string).collect();
     assert!(
-        why.contains("no-such-feature") || why.contains("longer than"),
-        "{why}"
+        whys.iter().any(|w| w.contains("no-such-feature"))
+            && whys.iter().any(|w| w.contains("longer than")),
+        "{whys:?}"
     );
-    assert_ne!(site.addr, 0);
-    assert!(!textpoke::alternatives::applied());
+    for e in refused {
+        let Error::BadAlternative { site, .. } = e else {
+            panic!("expected BadAlternative, got {e:?}");
+        };
+        assert_ne!(site.addr, 0);
+    }
     assert_eq!(
         (unknown_feature(), too_long()),
         before,
-        "nothing was written"
-    );
-    assert_eq!(
-        err.to_string(),
-        first.to_string(),
-        "an explicit apply tries again"
+        "refused sites keep running their defaults"
     );
     assert_eq!(before, (1, 1));
+    assert_eq!(good(), 2, "the good site was applied");
+    let again = textpoke::alternatives::apply().unwrap_err();
+    assert_eq!(
+        again.to_string(),
+        first.to_string(),
+        "apply keeps its outcome"
+    );
 }

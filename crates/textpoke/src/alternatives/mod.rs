@@ -48,6 +48,17 @@ static FIRST_USE: AtomicU8 = AtomicU8::new(ON);
 /// The error of the `apply` a first use ran, if it failed.
 static FIRST_USE_ERROR: OnceLock<Error> = OnceLock::new();
 
+/// The sites `apply` refused, each with its error; every other site was applied.
+static REFUSED: OnceLock<Vec<Error>> = OnceLock::new();
+
+/// The alternative sites [`apply`] refused, each an error naming its site (an unknown feature
+/// in a stale or foreign table, a replacement that does not fit, a site that does not hold its
+/// jump). They keep running their defaults; every other site was applied. Empty before `apply`
+/// has run.
+pub fn refused() -> &'static [Error] {
+    REFUSED.get().map_or(&[], Vec::as_slice)
+}
+
 crate::arch::save_all_and_call!("textpoke_alt_first_use_v1" if FIRST_USE => first_use_hook);
 
 /// Whether [`apply`] has run to completion in this process.
@@ -58,10 +69,12 @@ pub fn applied() -> bool {
 /// Chooses, for every alternative site, the first candidate whose feature the CPU has (and
 /// `TEXTPOKE_NO_FEATURES` does not mask), relocates it to the site, pads it, and writes every
 /// site in one batch; then binds every [`multiversion!`](crate::multiversion) call the same
-/// way, in a second batch. Every site and candidate is validated first: an unknown feature, a
-/// candidate longer than the default, code that cannot be relocated, or a site that does not
-/// hold its expected jump is an error naming the site, and nothing is written. Runs once; later
-/// calls return at once.
+/// way, in a second batch. Every site and candidate is validated first: a site with an unknown
+/// feature (a stale or foreign table), a candidate longer than the default, code that cannot be
+/// relocated, or a site that does not hold its expected jump is refused, alone: it keeps
+/// running its default, every other site is applied, and `apply` returns the first refused
+/// site's error ([`refused`] lists them all). A table that fails validation as a whole is an
+/// error, and nothing is written. Runs once; later calls return at once, with the same outcome.
 ///
 /// Calling it is optional: the first run of any alternative site or function-level
 /// alternative calls it (see [`apply_on_first_use`]). Call it early to choose when the code is
@@ -126,13 +139,19 @@ fn apply_locked(lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
     // Applied or failed, a first use has nothing more to do.
     FIRST_USE.store(OFF, Ordering::Release);
     if applied() {
-        return Ok(PatchStats::default());
+        return refused()
+            .first()
+            .map_or(Ok(PatchStats::default()), |e| Err(e.clone()));
     }
     let sites = alt_index(lock)?;
     let mut pokes = crate::batch::pokes_scratch();
     pokes.clear();
+    let mut refused = Vec::new();
     for site in sites {
-        pokes.push(site_poke(site)?);
+        match site_poke(site) {
+            Ok(poke) => pokes.push(poke),
+            Err(e) => refused.push(e),
+        }
     }
     let mut stats = engine::patch(lock, &mut pokes)?;
     drop(pokes);
@@ -140,8 +159,10 @@ fn apply_locked(lock: &crate::engine::PatchGuard) -> Result<PatchStats> {
     stats.sites += bound.sites;
     stats.writes += bound.writes;
     stats.syncs += bound.syncs;
+    let first = refused.first().cloned();
+    let _ = REFUSED.set(refused);
     APPLIED.store(true, Ordering::Release);
-    Ok(stats)
+    first.map_or(Ok(stats), Err)
 }
 
 /// A child forked while another thread was starting a first use must not wait for it forever.
@@ -242,6 +263,19 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
     if now == new.as_slice() {
         // Already applied, by another copy of textpoke linked into this object: nothing to do.
         old.clone_from(&new);
+    } else if now != old.as_slice() {
+        // Refused here, for this site alone (the batch's own check would refuse them all).
+        return Err(Error::SiteMismatch {
+            site: Location::of(site.addr),
+            expected: crate::CodeBytes {
+                addr: site.addr,
+                bytes: old,
+            },
+            found: crate::CodeBytes {
+                addr: site.addr,
+                bytes: now.to_vec(),
+            },
+        });
     }
     let too_long = || {
         bad(
@@ -284,7 +318,8 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
 /// the flags, the extended state and the red zone kept, whatever the `asm!` options; that
 /// first run is not async-signal-safe (see [`apply_on_first_use`]). `apply` replaces each site
 /// with its chosen code inline, live-safely. A replacement longer than the
-/// default is refused when `apply` validates the table. Must be used inside `unsafe`, like
+/// default is refused by `apply` for that site alone (it keeps running its default; see
+/// [`refused`]). Must be used inside `unsafe`, like
 /// `asm!`.
 ///
 /// A feature name textpoke does not know fails the build, naming it and listing the known ones:
