@@ -289,6 +289,65 @@ fn check_toggle(
     check_sites(lib, sites, false)
 }
 
+/// Runs `body` while `threads` threads, named `busy-{i}` and pinned to
+/// `placement.busy_cpu(i)` when there is a placement, each run `work(i)`, which returns once
+/// `stop` is set. A thread that cannot be pinned calls `unpinned(i)` (so that whoever waits
+/// for it is released) and fails. `body` runs only if every thread started; `stop` is set and
+/// every thread joined before this returns, with what `body` and each thread returned.
+fn with_threads<T, R: Send>(
+    threads: usize,
+    placement: Option<&Placement>,
+    stop: &AtomicBool,
+    work: &(dyn Fn(usize) -> R + Sync),
+    unpinned: &(dyn Fn(usize) + Sync),
+    body: impl FnOnce() -> Result<T>,
+) -> Result<(T, Vec<R>)> {
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut spawn_error = None;
+        for i in 0..threads {
+            let spawned = std::thread::Builder::new()
+                .name(format!("busy-{i}"))
+                .spawn_scoped(scope, move || -> Result<R> {
+                    if let Some(p) = placement
+                        && let Err(e) = CpuMask::only(p.busy_cpu(i)).apply()
+                    {
+                        unpinned(i);
+                        return Err(e);
+                    }
+                    Ok(work(i))
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    spawn_error = Some(BenchError::new(format!("cannot start busy thread: {e}")));
+                    break;
+                }
+            }
+        }
+        // Threads that did start would never be waited for by `body`.
+        let result = match spawn_error {
+            Some(e) => Err(e),
+            None => body(),
+        };
+        stop.store(true, Ordering::Relaxed);
+        let mut returned = Vec::with_capacity(handles.len());
+        let mut thread_error = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(r)) => returned.push(r),
+                Ok(Err(e)) => thread_error = Some(e),
+                Err(_) => thread_error = Some(BenchError::new("a busy thread panicked")),
+            }
+        }
+        let value = result?;
+        match thread_error {
+            Some(e) => Err(e),
+            None => Ok((value, returned)),
+        }
+    })
+}
+
 /// Runs `body` while `threads` threads call every function in `sites` over and over, busy
 /// thread `i` pinned to `placement.busy_cpu(i)` when there is a placement. Returns what `body`
 /// returned and the number of calls the threads made. The threads have each made one full pass
@@ -301,70 +360,32 @@ fn with_busy_threads<T>(
 ) -> Result<(T, u64)> {
     let stop = AtomicBool::new(false);
     let ready = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(threads);
-        let mut spawn_error = None;
-        for i in 0..threads {
-            let spawned = std::thread::Builder::new()
-                .name(format!("busy-{i}"))
-                .spawn_scoped(scope, {
-                    let (stop, ready) = (&stop, &ready);
-                    move || -> Result<u64> {
-                        if let Some(p) = placement
-                            && let Err(e) = CpuMask::only(p.busy_cpu(i)).apply()
-                        {
-                            ready.fetch_add(1, Ordering::Release);
-                            return Err(e);
-                        }
-                        let sites = black_box(sites);
-                        let mut passes = 0u64;
-                        loop {
-                            for f in sites {
-                                black_box(f());
-                            }
-                            passes += 1;
-                            if passes == 1 {
-                                ready.fetch_add(1, Ordering::Release);
-                            }
-                            if stop.load(Ordering::Relaxed) {
-                                return Ok(passes);
-                            }
-                        }
-                    }
-                });
-            match spawned {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    spawn_error = Some(BenchError::new(format!("cannot start busy thread: {e}")));
-                    break;
-                }
-            }
-        }
-        let result = match spawn_error {
-            Some(e) => Err(e),
-            None => {
-                while ready.load(Ordering::Acquire) < handles.len() {
-                    std::thread::yield_now();
-                }
-                body()
-            }
-        };
-        stop.store(true, Ordering::Relaxed);
+    let work = |_: usize| {
+        let sites = black_box(sites);
         let mut passes = 0u64;
-        let mut thread_error = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(p)) => passes += p,
-                Ok(Err(e)) => thread_error = Some(e),
-                Err(_) => thread_error = Some(BenchError::new("a busy thread panicked")),
+        loop {
+            for f in sites {
+                black_box(f());
+            }
+            passes += 1;
+            if passes == 1 {
+                ready.fetch_add(1, Ordering::Release);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return passes;
             }
         }
-        let value = result?;
-        match thread_error {
-            Some(e) => Err(e),
-            None => Ok((value, passes * sites.len() as u64)),
+    };
+    let unpinned = |_: usize| {
+        ready.fetch_add(1, Ordering::Release);
+    };
+    let (value, passes) = with_threads(threads, placement, &stop, &work, &unpinned, || {
+        while ready.load(Ordering::Acquire) < threads {
+            std::thread::yield_now();
         }
-    })
+        body()
+    })?;
+    Ok((value, passes.iter().sum::<u64>() * sites.len() as u64))
 }
 
 /// Runs `body` while `threads` busy threads each run `run(t)` over and over, for the target
@@ -393,66 +414,30 @@ fn with_switching_busy_threads<T>(
             std::hint::spin_loop();
         }
     };
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(threads);
-        let mut spawn_error = None;
-        for i in 0..threads {
-            let spawned = std::thread::Builder::new()
-                .name(format!("busy-{i}"))
-                .spawn_scoped(scope, {
-                    let (stop, chosen, done) = (&stop, &chosen, &done[i]);
-                    move || -> Result<Vec<u64>> {
-                        let mut runs = vec![0u64; targets];
-                        if let Some(p) = placement
-                            && let Err(e) = CpuMask::only(p.busy_cpu(i)).apply()
-                        {
-                            done.store(u64::MAX, Ordering::Release);
-                            return Err(e);
-                        }
-                        loop {
-                            let v = chosen.load(Ordering::Acquire);
-                            let t = (v & 0xffff) as usize;
-                            run(t);
-                            runs[t] += 1;
-                            done.store(v, Ordering::Release);
-                            if stop.load(Ordering::Relaxed) {
-                                return Ok(runs);
-                            }
-                        }
-                    }
-                });
-            match spawned {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    spawn_error = Some(BenchError::new(format!("cannot start busy thread: {e}")));
-                    break;
-                }
-            }
-        }
-        let result = match spawn_error {
-            // Threads that did start would never be waited for by `switch`.
-            Some(e) => Err(e),
-            None => {
-                switch(0);
-                body(&switch)
-            }
-        };
-        stop.store(true, Ordering::Relaxed);
+    let work = |i: usize| {
         let mut runs = vec![0u64; targets];
-        let mut thread_error = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(r)) => runs.iter_mut().zip(r).for_each(|(a, b)| *a += b),
-                Ok(Err(e)) => thread_error = Some(e),
-                Err(_) => thread_error = Some(BenchError::new("a busy thread panicked")),
+        loop {
+            let v = chosen.load(Ordering::Acquire);
+            let t = (v & 0xffff) as usize;
+            run(t);
+            runs[t] += 1;
+            done[i].store(v, Ordering::Release);
+            if stop.load(Ordering::Relaxed) {
+                return runs;
             }
         }
-        let value = result?;
-        match thread_error {
-            Some(e) => Err(e),
-            None => Ok((value, runs)),
-        }
-    })
+    };
+    // A thread that could not be pinned must not hold up `switch`.
+    let unpinned = |i: usize| done[i].store(u64::MAX, Ordering::Release);
+    let (value, per_thread) = with_threads(threads, placement, &stop, &work, &unpinned, || {
+        switch(0);
+        body(&switch)
+    })?;
+    let mut runs = vec![0u64; targets];
+    for r in per_thread {
+        runs.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+    }
+    Ok((value, runs))
 }
 
 /// Toggles `samples` times, alternating enable (first) and disable, timing each toggle in
