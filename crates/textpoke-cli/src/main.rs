@@ -205,6 +205,19 @@ fn print_summary(r: &demo::Report) {
         r.toggle_us_median,
         r.toggle_us_p99
     );
+    if r.tail.changes > 0 {
+        let t = &r.tail;
+        println!(
+            "  the long tail: {} changes took over {}× the median; during {} of them the patching \
+             thread was preempted (it lost its CPU mid-change), and they met {:.1} breakpoint \
+             traps each on average, against {:.1} for all changes",
+            n(t.changes),
+            demo::TAIL_FACTOR,
+            n(t.preempted),
+            t.mean_traps,
+            t.mean_traps_all
+        );
+    }
     println!(
         "{} static calls called {} times, retargeted {} times",
         r.static_calls,

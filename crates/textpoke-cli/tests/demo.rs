@@ -91,6 +91,13 @@ fn json_output_and_exit_status() {
     assert_eq!(v["sites"], 1000);
     assert_eq!(v["threads"], 1);
     assert_eq!(v["inconsistencies"], 0);
+    let tail = &v["tail"];
+    let (slow, preempted) = (tail["changes"].as_u64(), tail["preempted"].as_u64());
+    assert!(
+        slow.is_some() && preempted.is_some() && preempted <= slow,
+        "the long tail's causes: {v}"
+    );
+    assert!(tail["mean_traps_all"].as_f64().is_some(), "{v}");
     assert!(
         v.get("plugin_loads").is_none(),
         "no plugin fields without --plugins: {v}"

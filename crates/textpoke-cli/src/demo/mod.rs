@@ -64,6 +64,8 @@ pub struct Report {
     /// Calls (through sites or static calls) whose result no instant of their key's or call's
     /// history allows, plus sites and calls found in the wrong state at the end.
     pub inconsistencies: u64,
+    /// What the changes slower than `TAIL_FACTOR` times the median had in common.
+    pub tail: Tail,
     /// Median time of one change, in microseconds.
     pub toggle_us_median: f64,
     /// 99th percentile of one change, in microseconds.
@@ -141,7 +143,68 @@ struct TogglerTally {
     key_toggles: u64,
     updates: u64,
     times: Vec<f64>,
+    /// Per change: whether the patching thread lost its CPU during it, and the breakpoint
+    /// traps emulated meanwhile (what stretches the slow ones).
+    causes: Vec<(f64, bool, usize)>,
     errors: Vec<String>,
+}
+
+/// Involuntary context switches of the calling thread so far: it was preempted.
+fn preemptions() -> i64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter; RUSAGE_THREAD reports on the caller.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    u.ru_nivcsw
+}
+
+/// Runs one change, timing it, and notes what may have stretched it (outside the timing).
+fn timed<R>(t: &mut TogglerTally, change: impl FnOnce() -> R) -> R {
+    let (switches, traps) = (preemptions(), textpoke::__private::trap_counts().0);
+    let t0 = Instant::now();
+    let r = change();
+    let us = t0.elapsed().as_secs_f64() * 1e6;
+    let preempted = preemptions() > switches;
+    let traps = textpoke::__private::trap_counts().0 - traps;
+    t.times.push(us);
+    t.causes.push((us, preempted, traps));
+    r
+}
+
+/// What the slowest changes had in common: those over [`TAIL_FACTOR`] times the median.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Tail {
+    /// Changes slower than `TAIL_FACTOR` times the median.
+    pub changes: u64,
+    /// Of those, the changes during which the patching thread was preempted.
+    pub preempted: u64,
+    /// Mean breakpoint traps emulated during one of those changes.
+    pub mean_traps: f64,
+    /// Mean breakpoint traps emulated during any change.
+    pub mean_traps_all: f64,
+}
+
+/// A change this many times slower than the median counts as the long tail.
+pub const TAIL_FACTOR: f64 = 4.0;
+
+fn tail(causes: &[(f64, bool, usize)], median: f64) -> Tail {
+    let slow: Vec<_> = causes
+        .iter()
+        .filter(|(us, _, _)| *us > TAIL_FACTOR * median)
+        .collect();
+    let mean = |it: &mut dyn Iterator<Item = usize>, n: usize| {
+        if n == 0 {
+            0.0
+        } else {
+            it.sum::<usize>() as f64 / n as f64
+        }
+    };
+    Tail {
+        changes: slow.len() as u64,
+        preempted: slow.iter().filter(|(_, p, _)| *p).count() as u64,
+        mean_traps: mean(&mut slow.iter().map(|c| c.2), slow.len()),
+        mean_traps_all: mean(&mut causes.iter().map(|c| c.2), causes.len()),
+    }
 }
 
 /// Runs the demo.
@@ -264,6 +327,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             + plugin_inconsistencies,
         toggle_us_median: percentile(&times, 0.5),
         toggle_us_p99: percentile(&times, 0.99),
+        tail: tail(&toggler.causes, percentile(&times, 0.5)),
         traps_emulated: emulated1 - emulated0,
         traps_rewound: rewound1 - rewound0,
         errors: toggler.errors,
@@ -434,14 +498,12 @@ fn toggle_until(
         let result = if round % 4 == 1 {
             // The reference-counted path (0 → 1 enables, 1 → 0 disables), then the call alone.
             let key = KEY_LIST[chosen[0]];
-            let t0 = Instant::now();
-            let r = match (key, key.is_enabled()) {
+            let r = timed(t, || match (key, key.is_enabled()) {
                 (sites::Key::Off(k), true) => k.dec(),
                 (sites::Key::Off(k), false) => k.inc(),
                 (sites::Key::On(k), true) => k.dec(),
                 (sites::Key::On(k), false) => k.inc(),
-            };
-            t.times.push(t0.elapsed().as_secs_f64() * 1e6);
+            });
             r.and_then(|()| {
                 for &k in &chosen {
                     h.keys[k].end_change();
@@ -493,9 +555,7 @@ fn retarget(
 ) -> textpoke::Result<()> {
     let batch = calls::update(batch, c, h.calls[c].next_version());
     h.calls[c].begin_change();
-    let t0 = Instant::now();
-    batch.commit()?;
-    t.times.push(t0.elapsed().as_secs_f64() * 1e6);
+    timed(t, || batch.commit())?;
     h.calls[c].end_change();
     t.updates += 1;
     Ok(())
