@@ -198,9 +198,9 @@ unsafe fn release_on_unload() {
     calls::release_held();
     // SAFETY: the caller's guarantee.
     unsafe {
-        keys::release();
-        calls::release();
-        alternatives::release();
+        keys::table::INDEX.release();
+        calls::table::INDEX.release();
+        alternatives::table::INDEX.release();
     }
     batch::release();
     engine::release();

@@ -142,9 +142,8 @@ struct WorkerTally {
 struct TogglerTally {
     key_toggles: u64,
     updates: u64,
-    times: Vec<f64>,
-    /// Per change: whether the patching thread lost its CPU during it, and the breakpoint
-    /// traps emulated meanwhile (what stretches the slow ones).
+    /// Per change: its time in µs, whether the patching thread lost its CPU during it, and the
+    /// breakpoint traps emulated meanwhile (what stretches the slow ones).
     causes: Vec<(f64, bool, usize)>,
     errors: Vec<String>,
 }
@@ -166,7 +165,6 @@ fn timed<R>(t: &mut TogglerTally, change: impl FnOnce() -> R) -> R {
     let us = t0.elapsed().as_secs_f64() * 1e6;
     let preempted = preemptions() > switches;
     let traps = textpoke::__private::trap_counts().0 - traps;
-    t.times.push(us);
     t.causes.push((us, preempted, traps));
     r
 }
@@ -306,8 +304,9 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         .as_ref()
         .map_or(0, |p| p.plugin_inconsistencies);
     let (emulated1, rewound1) = textpoke::__private::trap_counts();
-    let mut times = toggler.times;
+    let mut times: Vec<f64> = toggler.causes.iter().map(|c| c.0).collect();
     times.sort_unstable_by(f64::total_cmp);
+    let median = percentile(&times, 0.5);
     Ok(Report {
         calls: tallies.iter().map(|t| t.calls).sum(),
         calls_enabled: tallies.iter().map(|t| t.enabled).sum(),
@@ -325,9 +324,9 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             + sites_wrong
             + calls_wrong
             + plugin_inconsistencies,
-        toggle_us_median: percentile(&times, 0.5),
+        toggle_us_median: median,
         toggle_us_p99: percentile(&times, 0.99),
-        tail: tail(&toggler.causes, percentile(&times, 0.5)),
+        tail: tail(&toggler.causes, median),
         traps_emulated: emulated1 - emulated0,
         traps_rewound: rewound1 - rewound0,
         errors: toggler.errors,

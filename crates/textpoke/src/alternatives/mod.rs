@@ -23,7 +23,7 @@
 //! A program may instead call [`apply`] itself, early, to choose when the code is written and to
 //! see any error; [`apply_on_first_use`] turns the first-use path off.
 
-mod table;
+pub(crate) mod table;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -623,14 +623,4 @@ macro_rules! __multiversion_fn {
             >(f)
         }
     }};
-}
-
-/// Frees the alternatives table's index.
-///
-/// # Safety
-///
-/// No reference to the index is used again (this copy's object is being unloaded).
-pub(crate) unsafe fn release() {
-    // SAFETY: the caller's guarantee.
-    unsafe { table::INDEX.release() };
 }

@@ -54,7 +54,7 @@ pub struct AltSite {
     pub candidates: Vec<Candidate>,
 }
 
-pub(super) static INDEX: IndexCell<Result<Vec<AltSite>>> = IndexCell::new();
+pub(crate) static INDEX: IndexCell<Result<Vec<AltSite>>> = IndexCell::new();
 
 /// Every alternative site, sorted by address, validated on first use.
 pub(crate) fn alt_index(lock: &PatchGuard) -> Result<&'static [AltSite]> {

@@ -233,7 +233,7 @@ impl<'a> CallPlan<'a> {
             return Ok(CallPlan { changes });
         }
         let index = call_index(lock)?;
-        let mut text = TextMap::new();
+        let text = TextMap::new();
         let mut unique: Vec<(&'a CallCore, Option<usize>)> = Vec::with_capacity(wanted.len());
         for &(core, target) in wanted {
             match unique.iter_mut().find(|(c, _)| std::ptr::eq(*c, core)) {
@@ -251,7 +251,7 @@ impl<'a> CallPlan<'a> {
             })?;
             let tramp = site.trampoline;
             if let Some(t) = target {
-                check_target(&mut text, tramp, t)?;
+                check_target(&text, tramp, t)?;
             }
             let from = core.form(site);
             let busy = match from {
@@ -407,7 +407,7 @@ pub fn inline_sites_of<C: StaticCall>(call: &C) -> Result<Vec<usize>> {
 }
 
 /// A target must be code in a loaded object, and not the trampoline itself.
-fn check_target(text: &mut TextMap, tramp: usize, target: usize) -> Result<()> {
+fn check_target(text: &TextMap, tramp: usize, target: usize) -> Result<()> {
     let why = if target == tramp {
         "the trampoline itself (an endless loop)"
     } else if text.find(target, 1).is_none() {
@@ -755,14 +755,4 @@ macro_rules! __static_call_method {
     ([$($p:ident: $t:ty = $r:tt),*] [] [$($rs:tt)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
         ::core::compile_error!("textpoke::static_call!: a static call takes at most 12 arguments");
     };
-}
-
-/// Frees the call tables' index.
-///
-/// # Safety
-///
-/// No reference to the index is used again (this copy's object is being unloaded).
-pub(crate) unsafe fn release() {
-    // SAFETY: the caller's guarantee.
-    unsafe { table::INDEX.release() };
 }

@@ -73,7 +73,7 @@ impl CallIndex {
     }
 }
 
-pub(super) static INDEX: IndexCell<Result<CallIndex>> = IndexCell::new();
+pub(crate) static INDEX: IndexCell<Result<CallIndex>> = IndexCell::new();
 
 /// Every static call's state address in the index, if the index was built (for teardown at
 /// unload, without the lock).

@@ -195,7 +195,7 @@ fn validate(pokes: &[Poke], segments: &mut Vec<usize>) -> Result<()> {
         }
     }
     segments.clear();
-    let mut text = os::TextMap::new();
+    let text = os::TextMap::new();
     let mut last: Option<os::Segment> = None;
     for p in pokes {
         if let Some(kind) = p.unknown_kind() {
@@ -300,9 +300,7 @@ fn write_phase(
     }
     os::serialize_all_cores()?;
     stats.syncs += 1;
-    // A SIGTRAP handler installed over ours now would be handed our breakpoints: look at every
-    // phase, not only before the batch, so that such a window lasts one phase at most.
-    os::ensure_trap_handler()
+    Ok(())
 }
 
 /// The breakpoint-first protocol, writing `to(p)` over every site. Data pokes are written whole
@@ -333,6 +331,10 @@ fn protocol(
     if !pokes.iter().any(code) {
         return Ok(());
     }
+    // Breakpoints are in place: a SIGTRAP handler installed over ours since the batch began
+    // would be handed them. Look again after each phase that leaves them (not only before the
+    // batch), so such a window lasts one phase at most.
+    os::ensure_trap_handler()?;
     if all_tails
         || pokes
             .iter()
@@ -344,6 +346,7 @@ fn protocol(
             |p| code(p).then(|| (head, &to(p).as_slice()[head..])),
             stats,
         )?;
+        os::ensure_trap_handler()?;
     }
     write_phase(
         pokes,

@@ -308,13 +308,3 @@ impl<'a> KeyPlan<'a> {
         }
     }
 }
-
-/// Frees the key table's index.
-///
-/// # Safety
-///
-/// No reference to the index is used again (this copy's object is being unloaded).
-pub(crate) unsafe fn release() {
-    // SAFETY: the caller's guarantee.
-    unsafe { table::INDEX.release() };
-}

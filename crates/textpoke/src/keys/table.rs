@@ -67,7 +67,7 @@ impl JumpIndex {
     }
 }
 
-pub(super) static INDEX: IndexCell<Result<JumpIndex>> = IndexCell::new();
+pub(crate) static INDEX: IndexCell<Result<JumpIndex>> = IndexCell::new();
 
 /// The index, built and validated on first use. A table that fails validation fails every
 /// later call the same way.

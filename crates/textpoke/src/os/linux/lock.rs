@@ -7,8 +7,6 @@ use rustix::thread::futex;
 
 /// 0 = free, 1 = held, 2 = held with waiters.
 static WORD: AtomicU32 = AtomicU32::new(0);
-/// Set once the fork handlers are registered.
-static FORK_HANDLERS: AtomicU32 = AtomicU32::new(0);
 
 /// Takes the lock, waiting as long as needed.
 pub fn lock() {
@@ -36,12 +34,7 @@ pub fn unlock() {
 
 /// Holds the lock across `fork()`, so that a child never starts with a half-done batch.
 pub fn register_fork_handlers() {
-    if FORK_HANDLERS
-        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return;
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn prepare() {
         lock();
     }
@@ -54,5 +47,7 @@ pub fn register_fork_handlers() {
     }
     // SAFETY: the handlers only operate on the atomic word, with futex calls that are
     // async-signal-safe.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    ONCE.call_once(|| unsafe {
+        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
+    });
 }

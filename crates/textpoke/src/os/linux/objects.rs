@@ -96,11 +96,7 @@ pub fn loaded_objects() -> Vec<Object> {
                     .into_owned()
             };
             let base = info.dlpi_addr as usize;
-            let phdrs = if info.dlpi_phdr.is_null() {
-                &[][..]
-            } else {
-                std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize)
-            };
+            let phdrs = super::rendezvous::program_headers(info);
             let segments = phdrs
                 .iter()
                 .filter(|p| p.p_type == libc::PT_LOAD)
@@ -129,15 +125,14 @@ pub fn loaded_objects() -> Vec<Object> {
 }
 
 /// The map of loaded objects, enumerated again whenever the loader has loaded or unloaded an
-/// object since (or when `refresh` asks): a map that still lists an unloaded object would let
-/// a static call target unmapped memory.
-fn cached(refresh: bool) -> Arc<Vec<Object>> {
+/// object since (every time if the loader does not count them): a map that still lists an
+/// unloaded object would let a static call target unmapped memory, and one that misses a new
+/// object would refuse its code.
+fn cached() -> Arc<Vec<Object>> {
     let generation = super::rendezvous::objects_generation();
     let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     match &*guard {
-        Some((seen, objs)) if !refresh && *seen == generation && generation.0 != u64::MAX => {
-            objs.clone()
-        }
+        Some((seen, objs)) if *seen == generation && generation.0 != u64::MAX => objs.clone(),
         _ => {
             let objs = Arc::new(loaded_objects());
             *guard = Some((generation, objs.clone()));
@@ -146,11 +141,9 @@ fn cached(refresh: bool) -> Arc<Vec<Object>> {
     }
 }
 
-/// The loaded object with a segment containing `[addr, addr + len)`. Looks again if the cached
-/// map misses (an object may have been loaded since).
+/// The loaded object with a segment containing `[addr, addr + len)`.
 pub fn object_containing(addr: usize, len: usize) -> Option<Object> {
-    let find = |objs: &Vec<Object>| objs.iter().find(|o| o.contains(addr, len)).cloned();
-    find(&cached(false)).or_else(|| find(&cached(true)))
+    cached().iter().find(|o| o.contains(addr, len)).cloned()
 }
 
 /// The executable segments of every loaded object, sorted, for many lookups in one batch.
@@ -159,13 +152,9 @@ pub struct TextMap {
 }
 
 impl TextMap {
-    /// Snapshot of the cached object map.
+    /// Snapshot of the current object map.
     pub fn new() -> Self {
-        Self::from_objects(&cached(false))
-    }
-
-    fn from_objects(objs: &[Object]) -> Self {
-        let mut segments: Vec<Segment> = objs
+        let mut segments: Vec<Segment> = cached()
             .iter()
             .flat_map(|o| o.segments.iter().copied().filter(Segment::is_text))
             .collect();
@@ -173,16 +162,8 @@ impl TextMap {
         TextMap { segments }
     }
 
-    /// The executable segment containing `[addr, addr + len)`. On a miss, enumerates the
-    /// loaded objects again once (an object may have been loaded since).
-    pub fn find(&mut self, addr: usize, len: usize) -> Option<Segment> {
-        self.lookup(addr, len).or_else(|| {
-            *self = Self::from_objects(&cached(true));
-            self.lookup(addr, len)
-        })
-    }
-
-    fn lookup(&self, addr: usize, len: usize) -> Option<Segment> {
+    /// The executable segment containing `[addr, addr + len)`.
+    pub fn find(&self, addr: usize, len: usize) -> Option<Segment> {
         let i = self.segments.partition_point(|s| s.start <= addr);
         let seg = *self.segments.get(i.checked_sub(1)?)?;
         seg.contains(addr, len).then_some(seg)

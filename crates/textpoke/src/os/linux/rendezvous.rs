@@ -67,11 +67,8 @@ pub fn first_rendezvous() -> Option<Rendezvous> {
         let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
         let main = scan.index == 0;
         scan.index += 1;
-        if info.dlpi_phdr.is_null() {
-            return 0;
-        }
         // SAFETY: as above.
-        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let phdrs = unsafe { program_headers(info) };
         for ph in phdrs.iter().filter(|p| p.p_type == libc::PT_NOTE) {
             let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
             let align = (ph.p_align as usize).max(4);
@@ -107,6 +104,19 @@ pub fn first_rendezvous() -> Option<Rendezvous> {
     // SAFETY: the callback matches the expected signature and only uses `data` as the `Scan`.
     unsafe { libc::dl_iterate_phdr(Some(each), &mut scan as *mut Scan as *mut _) };
     scan.found
+}
+
+/// The program headers `dl_iterate_phdr` passed with `info` (none if it passed none).
+///
+/// # Safety
+///
+/// `info` is what `dl_iterate_phdr` passed to its callback, which has not returned.
+pub(super) unsafe fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
+    if info.dlpi_phdr.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller's guarantee: `dlpi_phdr` points to `dlpi_phnum` mapped headers.
+    unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
 }
 
 /// Walks the notes in `[start, start + len)`; returns the version and anchor of textpoke's.
@@ -148,26 +158,25 @@ unsafe fn find_note(start: usize, len: usize, align: usize) -> Option<(u32, usiz
 /// dynamic loader's lock: never call it under the patch lock (a `dlclose` waits for the patch
 /// lock inside the loader's lock).
 pub fn pin_object_of(addr: usize) -> bool {
-    if in_main_program(addr) {
-        return true;
-    }
-    let Some((name, base)) = dl_object_of(addr) else {
-        return false;
-    };
-    let Ok(cname) = CString::new(name.clone()) else {
-        return false;
-    };
+    // The reference is deliberately leaked: with RTLD_NODELETE the object stays for good.
+    in_main_program(addr)
+        || open_object_of(addr, RTLD_NODELETE)
+            .map(ObjectRef::into_raw)
+            .is_some()
+}
+
+/// A new reference (`dlopen(RTLD_NOLOAD | extra)`) on the loaded object that holds `addr`;
+/// `None` if no object holds it or the object is going away. It is checked to be the object
+/// that holds `addr` once referenced, not one loaded under the same name after it went.
+fn open_object_of(addr: usize, extra: libc::c_int) -> Option<ObjectRef> {
+    let (name, base) = dl_object_of(addr)?;
+    let cname = CString::new(name.clone()).ok()?;
     // SAFETY: RTLD_NOLOAD never loads anything: it takes a reference to an object that is
-    // already loaded (and, with RTLD_NODELETE, keeps it for good), or returns null.
-    let handle = unsafe {
-        libc::dlopen(
-            cname.as_ptr(),
-            libc::RTLD_NOLOAD | RTLD_NODELETE | libc::RTLD_LAZY,
-        )
-    };
-    // The handle is deliberately leaked: the object now stays. It must still be the object
-    // that holds `addr` (not one loaded under the same name after it went).
-    !handle.is_null() && dl_object_of(addr) == Some((name, base))
+    // already loaded, or returns null.
+    let handle =
+        unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY | extra) };
+    let held = std::ptr::NonNull::new(handle).map(ObjectRef)?;
+    (dl_object_of(addr) == Some((name, base))).then_some(held)
 }
 
 /// The path and base of the object containing `addr`, from the loader (`dladdr`).
@@ -196,12 +205,8 @@ pub fn in_main_program(addr: usize) -> bool {
     ) -> libc::c_int {
         // SAFETY: as in `first_rendezvous`; `data` is the `(usize, bool)` passed below.
         let (info, out) = unsafe { (&*info, &mut *(data as *mut (usize, bool))) };
-        let phdrs = if info.dlpi_phdr.is_null() {
-            &[][..]
-        } else {
-            // SAFETY: as above.
-            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
-        };
+        // SAFETY: as above.
+        let phdrs = unsafe { program_headers(info) };
         out.1 = phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD).any(|p| {
             let start = (info.dlpi_addr as usize).wrapping_add(p.p_vaddr as usize);
             out.0 >= start && out.0 - start < p.p_memsz as usize
@@ -278,19 +283,11 @@ impl Drop for ObjectRef {
 /// themselves). `Err(())` when the object is going away. Takes the loader's lock: never call
 /// it under the patch lock.
 pub fn hold_object_of(target: usize, home: usize) -> Result<Option<ObjectRef>, ()> {
-    let Some((name, base)) = dl_object_of(target) else {
+    let Some((_, base)) = dl_object_of(target) else {
         return Ok(None);
     };
     if in_main_program(target) || dl_object_of(home).is_some_and(|(_, b)| b == base) {
         return Ok(None);
     }
-    let cname = CString::new(name.clone()).map_err(drop)?;
-    // SAFETY: RTLD_NOLOAD only takes a reference to an object that is already loaded.
-    let handle = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-    let held = std::ptr::NonNull::new(handle).map(ObjectRef).ok_or(())?;
-    // It must be the object that holds `target`, not one loaded under the same name since.
-    if dl_object_of(target) != Some((name, base)) {
-        return Err(());
-    }
-    Ok(Some(held))
+    open_object_of(target, 0).map(Some).ok_or(())
 }
