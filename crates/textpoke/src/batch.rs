@@ -20,7 +20,7 @@ pub(crate) fn release() {
     drop(std::mem::take(&mut *pokes_scratch()));
 }
 
-/// Several key changes and static-call updates applied as one batch: one validation pass, three
+/// Several key changes and static-call updates applied as one batch: one validation pass, two
 /// core syncs, and either every site changes or none does.
 ///
 /// ```

@@ -46,7 +46,7 @@ fn keys_follow_enable_disable_inc_dec_and_batches() -> Result<(), Error> {
     let stats = Batch::new().disable(&OFF).enable(&ON).commit()?;
     assert!(!off_unlikely() && !off_likely() && on_unlikely() && on_likely());
     assert_eq!(stats.sites, 4);
-    assert_eq!(stats.syncs, 3, "three core syncs per batch, not per site");
+    assert_eq!(stats.syncs, 2, "two core syncs per batch, not per site");
 
     // Last change of a repeated key wins.
     Batch::new().enable(&OFF).disable(&OFF).commit()?;

@@ -7,9 +7,52 @@
 //! 1. refuses the whole batch if any two pokes overlap, any poke lies outside an executable
 //!    segment, or any site does not hold its expected bytes (nothing is written);
 //! 2. publishes the batch for the trap handler, then writes a breakpoint over the head of every
-//!    site, serializes all cores, writes every tail, serializes, writes every new head and
-//!    serializes again: three core syncs per batch, however many sites;
+//!    site, serializes all cores, writes every tail, serializes, and writes every new head: two
+//!    core syncs per batch, however many sites (see below for why not three);
 //! 3. withdraws the batch and waits until no trap handler still reads it.
+//!
+//! # Why the last write is not followed by a core sync
+//!
+//! The kernel's `text_poke_bp` serializes every core a third time, after the new first bytes
+//! are written, so that no CPU can still execute the breakpoint once the batch's descriptors
+//! are freed. textpoke does not need that sync, for these reasons:
+//!
+//! 1. *No stale mix of bytes can run.* After the second sync every tail holds its new bytes on
+//!    every core, and the first byte is a single byte: an instruction fetch sees either the
+//!    breakpoint or the new first byte, never a mix. So a thread executes either the complete
+//!    new instruction or the breakpoint. It cannot see the old instruction either: the first
+//!    sync removed that from every core.
+//! 2. *A stale breakpoint is handled whenever it runs.* A core that fetched the breakpoint
+//!    before the new first byte reached it may execute it after [`patch`] has returned. Its
+//!    handler then finds no batch in flight, sees that the address is a registered site (see
+//!    [`trap`]) and that the byte there is no longer a breakpoint, and rewinds the thread to
+//!    re-execute the site. Nothing the handler reads has been freed: the flight is only
+//!    reused once no handler reads it, and the registry lives as long as the site's object.
+//!    The byte it reads is the new one: the patcher writes it before it bumps the generation,
+//!    and the handler reads it after loading the generation (x86 keeps stores in order and
+//!    loads in order). If that load still sees the batch in flight, the handler emulates the
+//!    new instruction instead, which is as correct.
+//! 3. *The rewound thread runs the new bytes.* Taking the trap and returning from the signal
+//!    discards the thread's fetched instructions, and instruction fetch is coherent with the
+//!    store that wrote the byte (on x86). If it met the breakpoint again it would be rewound
+//!    again: the loop ends as soon as the store is visible to that core, which the rewind's own
+//!    data read has just shown it is.
+//! 4. *A later batch over the same site* writes its breakpoint first: a stale breakpoint met
+//!    then is found in that batch, and emulating that batch's new instruction is as correct as
+//!    anything a thread may execute while the site is changing.
+//!
+//! The conditions, all of which textpoke keeps: textpoke's SIGTRAP handler stays installed
+//! (it is never removed, and re-checked before every batch); a site stays registered as long
+//! as its object is loaded (a thread cannot be executing an object's code while it is
+//! unloaded, or it would crash with or without textpoke); and the only architecture is x86-64,
+//! whose fetch is coherent with stores. An architecture whose instruction caches are not
+//! coherent (aarch64) needs its cache maintenance after the last write, which its
+//! [`crate::arch`] module will do.
+//!
+//! What changes for a user: after `commit` returns, a thread may still take one late trap at
+//! a site it had already fetched (a few microseconds' cost, and under a debugger one more
+//! stop), but it never executes anything but the new instruction. A batch that is rolled back
+//! keeps all three syncs: it is rare, and its cost does not matter.
 
 mod code;
 pub(crate) mod patcher;
@@ -285,6 +328,7 @@ fn write_phase(
     pokes: &[Poke],
     scratch: &mut Scratch,
     bytes: impl Fn(&Poke) -> Option<(usize, &[u8])> + Copy,
+    sync: bool,
     stats: &mut PatchStats,
 ) -> Result<()> {
     for run in &scratch.runs {
@@ -298,20 +342,24 @@ fn write_phase(
         os::write_code(run.start, &scratch.buf)?;
         stats.writes += 1;
     }
-    os::serialize_all_cores()?;
-    stats.syncs += 1;
+    if sync {
+        os::serialize_all_cores()?;
+        stats.syncs += 1;
+    }
     Ok(())
 }
 
 /// The breakpoint-first protocol, writing `to(p)` over every site. Data pokes are written whole
 /// in the first phase. With `all_tails` false, the tail phase is skipped when no site's tail
-/// changes, and the last two phases when there are only data pokes.
+/// changes, and the last two phases when there are only data pokes. `last_sync` says whether
+/// the new heads are followed by a core sync (see the module docs for why a batch need not).
 fn protocol(
     pokes: &[Poke],
     scratch: &mut Scratch,
     to: fn(&Poke) -> &Code,
     from: fn(&Poke) -> &Code,
     all_tails: bool,
+    last_sync: bool,
     stats: &mut PatchStats,
 ) -> Result<()> {
     let head = BREAKPOINT.len();
@@ -326,6 +374,7 @@ fn protocol(
                 (0, to(p).as_slice())
             })
         },
+        true,
         stats,
     )?;
     if !pokes.iter().any(code) {
@@ -344,6 +393,7 @@ fn protocol(
             pokes,
             scratch,
             |p| code(p).then(|| (head, &to(p).as_slice()[head..])),
+            true,
             stats,
         )?;
         os::ensure_trap_handler()?;
@@ -352,16 +402,17 @@ fn protocol(
         pokes,
         scratch,
         |p| code(p).then(|| (0, &to(p).as_slice()[..head])),
+        last_sync,
         stats,
     )
 }
 
 fn run_phases(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {
-    protocol(pokes, scratch, |p| &p.new, |p| &p.old, false, stats)
+    protocol(pokes, scratch, |p| &p.new, |p| &p.old, false, false, stats)
 }
 
 /// Restores every site's old bytes after a failed batch, breakpoint still first. Tails may have
 /// been partly written, so all of them are rewritten.
 fn roll_back(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {
-    protocol(pokes, scratch, |p| &p.old, |p| &p.new, true, stats)
+    protocol(pokes, scratch, |p| &p.old, |p| &p.new, true, true, stats)
 }
