@@ -876,7 +876,7 @@ mod tests {
                 textpoke::tables::JUMP_ENTRY_SIZE as f64
             );
             assert_eq!(num("static_keys_table_bytes_per_site"), 24.0);
-            assert_eq!(num("syncs"), 3.0, "three core syncs per toggle: {line}");
+            assert_eq!(num("syncs"), 2.0, "two core syncs per toggle: {line}");
             assert!(num("writes") >= 2.0, "{line}");
             assert!(num("textpoke_busy_calls") > 0.0 && num("static_keys_busy_calls") > 0.0);
             assert!(v["note"].as_str().is_some_and(|s| !s.is_empty()));
@@ -906,7 +906,7 @@ mod tests {
             }
             let ratio = num("plugin_us_median") / num("textpoke_us_median");
             assert!((num("plugin_ratio") - ratio).abs() < 1e-9, "{line}");
-            assert_eq!(num("plugin_syncs"), 3.0, "{line}");
+            assert_eq!(num("plugin_syncs"), 2.0, "{line}");
             assert!(num("textpoke_busy_calls") > 0.0 && num("plugin_busy_calls") > 0.0);
         }
         for group in &sites::GROUPS {

@@ -124,7 +124,9 @@ impl<'a> Batch<'a> {
             }
             Err(e) => {
                 keys.abort();
-                Err(e)
+                Err(e.name_items(|addr| {
+                    crate::keys::item_at(lock, addr).or_else(|| crate::calls::item_at(lock, addr))
+                }))
             }
         }
     }

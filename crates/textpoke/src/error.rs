@@ -203,6 +203,27 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Records, in every address the error names, the key or static call it belongs to.
+    pub(crate) fn name_items(mut self, item_at: impl Fn(usize) -> Option<crate::Item>) -> Self {
+        let locations: Vec<&mut Location> = match &mut self {
+            Error::SiteMismatch { site, .. }
+            | Error::OutOfRange { site, .. }
+            | Error::BadAlternative { site, .. }
+            | Error::Inconsistent { site, .. } => vec![site],
+            Error::OutsideText { addr, .. } => vec![addr],
+            Error::Overlap { first, second, .. } | Error::OverlappingPatches { first, second } => {
+                vec![first, second]
+            }
+            Error::BadTarget { call, .. } => vec![call],
+            Error::Underflow { key } | Error::Overflow { key } => vec![key],
+            _ => Vec::new(),
+        };
+        for location in locations {
+            location.name_item(&item_at);
+        }
+        self
+    }
+
     pub(crate) fn syscall(call: impl Into<String>, errno: rustix::io::Errno) -> Self {
         Error::Syscall {
             call: call.into(),

@@ -142,7 +142,7 @@ pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
 pub use keys::StaticKey;
-pub use location::Location;
+pub use location::{Item, Location};
 pub use os::ThreadInfo;
 
 /// The site tables textpoke's macros emit, for tools and tests that read them: section names,

@@ -15,6 +15,70 @@ pub struct Location {
     /// The absolute address.
     pub addr: usize,
     names: OnceLock<Option<Box<Names>>>,
+    item: Option<Box<Item>>,
+}
+
+/// What an address belongs to: a key or a static call, as the build recorded it.
+///
+/// Where it was declared is recorded at compile time (a key's `StaticKey::new()` and a
+/// `static_call!` are `#[track_caller]`), and so is a static call's Rust path. A key's path is
+/// read from its object's symbol table when first displayed, so a stripped binary shows only
+/// where it was declared.
+#[derive(Clone)]
+pub struct Item {
+    /// `"key"` or `"static call"`.
+    pub kind: &'static str,
+    /// Address of the key, or of the static call's state.
+    pub addr: usize,
+    /// Where it was declared.
+    pub declared: &'static std::panic::Location<'static>,
+    recorded: Option<&'static str>,
+    found: OnceLock<Option<String>>,
+}
+
+impl Item {
+    pub(crate) fn new(
+        kind: &'static str,
+        addr: usize,
+        declared: &'static std::panic::Location<'static>,
+        recorded: Option<&'static str>,
+    ) -> Self {
+        Item {
+            kind,
+            addr,
+            declared,
+            recorded,
+            found: OnceLock::new(),
+        }
+    }
+
+    /// Its Rust path (`app::net::TRACE`), if the build recorded it or the symbol table has it.
+    pub fn name(&self) -> Option<&str> {
+        self.recorded.or_else(|| {
+            self.found
+                .get_or_init(|| match crate::os::describe(self.addr).1 {
+                    Some((name, 0)) => Some(name),
+                    _ => None,
+                })
+                .as_deref()
+        })
+    }
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{} {name}", self.kind)?,
+            None => write!(f, "{} at {:#x}", self.kind, self.addr)?,
+        }
+        write!(f, ", declared at {}", self.declared)
+    }
+}
+
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -37,6 +101,27 @@ impl Location {
         Location {
             addr,
             names: OnceLock::new(),
+            item: None,
+        }
+    }
+
+    /// Describes `addr`, which belongs to `item`.
+    pub(crate) fn in_item(addr: usize, item: Item) -> Self {
+        Location {
+            item: Some(Box::new(item)),
+            ..Location::of(addr)
+        }
+    }
+
+    /// The key or static call the address belongs to, where textpoke knows it.
+    pub fn item(&self) -> Option<&Item> {
+        self.item.as_deref()
+    }
+
+    /// Records the item the address belongs to, unless one is known already.
+    pub(crate) fn name_item(&mut self, item_at: &impl Fn(usize) -> Option<Item>) {
+        if self.item.is_none() {
+            self.item = item_at(self.addr).map(Box::new);
         }
     }
 
@@ -69,6 +154,10 @@ impl fmt::Display for Location {
             (Some((sym, off)), _) => write!(f, " <{sym}+{off:#x}>"),
             (None, Some((obj, off))) => write!(f, " <{obj}+{off:#x}>"),
             (None, None) => Ok(()),
+        }?;
+        match &self.item {
+            Some(item) => write!(f, " ({item})"),
+            None => Ok(()),
         }
     }
 }

@@ -18,14 +18,15 @@ fn unknown_feature() -> u64 {
     n
 }
 
+/// A replacement longer than its site, as a stale table would hold it: `alternative!` refuses
+/// it at build time (a `compile_fail` doc test on the macro shows it).
 #[inline(never)]
 fn too_long() -> u64 {
     let n: u64;
     // SAFETY: every sequence only writes `n`.
     unsafe {
-        textpoke::alternative!(
-            default: ["mov {n:e}, 1"],
-            "sse2" => ["mov {n}, 2", "add {n}, 3"];
+        textpoke::__arch_alternative!(
+            ["mov {n:e}, 1"] ["sse2": "mov {n}, 2", "add {n}, 3"];
             n = out(reg) n,
         );
     }

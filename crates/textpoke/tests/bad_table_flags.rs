@@ -10,7 +10,7 @@ fn site() -> bool {
 }
 
 core::arch::global_asm!(
-    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+    ".pushsection textpoke_jump_v2,\"aR\",@progbits",
     ".balign 4",
     ".long {code} - .",
     ".long {code} - .",

@@ -13,7 +13,7 @@ fn site() -> bool {
 // A hand-made entry whose key field points at a plain array: the stale-table case, where an
 // entry's key offset no longer lands on a key.
 core::arch::global_asm!(
-    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+    ".pushsection textpoke_jump_v2,\"aR\",@progbits",
     ".balign 4",
     "2:",
     ".long {code} - .",

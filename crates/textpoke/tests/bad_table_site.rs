@@ -9,7 +9,7 @@ static mut NOT_CODE: [u8; 16] = [0x5a; 16];
 
 // A hand-made entry: site and target point into .data, the key is real.
 core::arch::global_asm!(
-    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+    ".pushsection textpoke_jump_v2,\"aR\",@progbits",
     ".balign 4",
     ".long {data} - .",
     ".long {data} - .",
@@ -29,7 +29,7 @@ fn site_outside_text_is_an_error_and_nothing_is_written() {
         }
         other => panic!("expected OutsideText, got {other:?}"),
     }
-    assert!(err.to_string().contains("textpoke_jump_v1"), "{err}");
+    assert!(err.to_string().contains("textpoke_jump_v2"), "{err}");
     // SAFETY: nothing else touches NOT_CODE; we only read it.
     let data = unsafe { (&raw const NOT_CODE).read() };
     assert_eq!(data, [0x5a; 16]);

@@ -62,7 +62,15 @@ fn keys_follow_enable_disable_inc_dec_and_batches() -> Result<(), Error> {
     COUNTED.dec()?;
     assert!(!counted() && COUNTED.count() == 0);
     match COUNTED.dec() {
-        Err(Error::Underflow { .. }) => {}
+        Err(e @ Error::Underflow { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(
+                    "(key basics::COUNTED, declared at crates/textpoke/tests/basics.rs:7:"
+                ),
+                "the key is named: {message}"
+            );
+        }
         other => panic!("expected underflow, got {other:?}"),
     }
     assert_eq!(COUNTED.count(), 0);

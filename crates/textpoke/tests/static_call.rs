@@ -262,6 +262,13 @@ fn bad_input_is_an_error_and_writes_nothing() {
         matches!(err, Err(Error::SiteMismatch { ref site, .. }) if site.addr == tramp),
         "{err:?}"
     );
+    let message = err.unwrap_err().to_string();
+    assert!(
+        message.contains(
+            "(static call static_call::VICTIM, declared at crates/textpoke/tests/static_call.rs:"
+        ),
+        "{message}"
+    );
     assert_eq!(support::snapshot_sites(), before);
     assert_eq!(textpoke::__private::read_code(tramp, 6).unwrap(), tampered);
     assert!(!VICTIM_KEY.is_enabled() && !VICTIM_LOG.is_noop());

@@ -43,6 +43,11 @@ fn mismatch_refuses_the_batch_and_writes_nothing() {
             found,
         } => {
             assert_eq!(site.addr, victim);
+            let item = site.item().expect("the site's key is named");
+            assert_eq!(item.kind, "key");
+            assert_eq!(item.name(), Some("tampered_site::TAMPERED"));
+            assert_eq!(item.declared.file(), file!());
+            assert_eq!(item.declared.line(), 8, "where TAMPERED is declared");
             assert_eq!(expected.bytes, [0x0f, 0x1f, 0x44, 0x00, 0x00]);
             assert_eq!(found.bytes, [0x66, 0x0f, 0x1f, 0x40, 0x00]);
         }
@@ -51,6 +56,14 @@ fn mismatch_refuses_the_batch_and_writes_nothing() {
     let message = err.to_string();
     assert!(message.contains(&format!("{victim:#x}")), "{message}");
     assert!(message.contains("nothing written"), "{message}");
+    // Named as a user reads them: the function the site is in, and its key's path and line.
+    assert!(message.contains("<tampered_site::second+0x"), "{message}");
+    assert!(
+        message.contains(
+            "(key tampered_site::TAMPERED, declared at crates/textpoke/tests/tampered_site.rs:8:"
+        ),
+        "{message}"
+    );
 
     assert_eq!(support::snapshot_sites(), before, "no site may change");
     assert!(!TAMPERED.is_enabled() && !INNOCENT.is_enabled());

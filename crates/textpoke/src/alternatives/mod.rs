@@ -317,10 +317,28 @@ fn site_poke(site: &AltSite) -> Result<Poke> {
 /// such run calls `apply` (unless [`apply_on_first_use`] turned that off), with every register,
 /// the flags, the extended state and the red zone kept, whatever the `asm!` options; that
 /// first run is not async-signal-safe (see [`apply_on_first_use`]). `apply` replaces each site
-/// with its chosen code inline, live-safely. A replacement longer than the
-/// default is refused by `apply` for that site alone (it keeps running its default; see
-/// [`refused`]). Must be used inside `unsafe`, like
-/// `asm!`.
+/// with its chosen code inline, live-safely. Must be used inside `unsafe`, like `asm!`.
+///
+/// A replacement longer than its site (the default, and at least 5 bytes) fails the build:
+/// the assembler reports `invalid number of bytes` at a line that names the feature and says
+/// "replacement is longer than its site". (A stale table that holds one anyway is refused by
+/// `apply` for that site alone, which keeps running its default; see [`refused`].)
+///
+/// ```compile_fail
+/// fn f() -> u64 {
+///     let n: u64;
+///     // SAFETY: both sequences only write `n`.
+///     unsafe {
+///         textpoke::alternative!(
+///             default: ["mov {n:e}, 1"], // 5 bytes
+///             "sse2" => ["mov {n}, 2", "add {n}, 3"]; // 11 bytes: does not fit
+///             n = out(reg) n,
+///         );
+///     }
+///     n
+/// }
+/// # assert_eq!(f(), 1); // the error comes from the assembler: `f` must be compiled
+/// ```
 ///
 /// A feature name textpoke does not know fails the build, naming it and listing the known ones:
 ///
@@ -354,7 +372,7 @@ macro_rules! alternative {
                 ),
             );
         )*
-        $crate::__arch_alternative!([$($default),*] $([$feature: $($code),*])* ; $($operands)*)
+        $crate::__arch_alternative!(check [$($default),*] $([$feature: $($code),*])* ; $($operands)*)
     }};
 }
 

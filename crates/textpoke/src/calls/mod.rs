@@ -13,10 +13,10 @@ use crate::arch::{CALL_LEN, Insn, TRAMPOLINE_PATCH_LEN, TrampolineForm, call_cod
 use crate::engine::PatchGuard;
 use crate::engine::{Code, Poke};
 use crate::os::{ObjectRef, TextMap};
-use crate::{Error, Location, Result};
+use crate::{Error, Item, Location, Result};
 use table::{CallSite, call_index};
 
-const CALL_MAGIC: u32 = u32::from_le_bytes(*b"tpc1");
+const CALL_MAGIC: u32 = u32::from_le_bytes(*b"tpc2");
 /// `CallCore::target` while the trampoline still holds its compiled-in target.
 const INITIAL: usize = 0;
 /// `CallCore::target` while the call is a no-op.
@@ -34,23 +34,30 @@ pub struct CallCore {
     /// A reference on the object the target lies in, when that is another shared object: it
     /// stays loaded while the call points into it (see [`hold_targets`]).
     held: AtomicPtr<libc::c_void>,
-}
-
-impl Default for CallCore {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The call's Rust path.
+    name: &'static str,
+    /// Where it was declared (its `static_call!`).
+    declared: &'static std::panic::Location<'static>,
 }
 
 impl CallCore {
-    /// A call that still has its compiled-in target.
-    pub const fn new() -> Self {
+    /// A call named `name` that still has its compiled-in target; where it is made is
+    /// recorded as where the call was declared.
+    #[track_caller]
+    pub const fn new(name: &'static str) -> Self {
         CallCore {
             target: AtomicUsize::new(INITIAL),
             magic: CALL_MAGIC,
             slot: AtomicU8::new(NO_SLOT),
             held: AtomicPtr::new(std::ptr::null_mut()),
+            name,
+            declared: std::panic::Location::caller(),
         }
+    }
+
+    /// The call, for messages.
+    pub(crate) fn item(&self) -> Item {
+        Item::new("static call", self.addr(), self.declared, Some(self.name))
     }
 
     /// Offset and value of the signature table validation looks for.
@@ -468,7 +475,7 @@ fn check_target(text: &TextMap, tramp: usize, target: usize) -> Result<()> {
 /// **Inline call sites.** A C-ABI static call with up to six integer-class arguments
 /// (integers, `bool`, raw pointers, references) and an integer-class, pointer or `()` result
 /// can be declared `inline`. Each `call()` then emits its own `call rel32` to the current
-/// target, recorded in the `textpoke_callsite_v1` table (never found by scanning code), and
+/// target, recorded in the `textpoke_callsite_v2` table (never found by scanning code), and
 /// `update` retargets every such site directly, in the same batch as the trampoline. Far
 /// targets and no-ops are reached through the trampoline.
 ///
@@ -608,7 +615,7 @@ macro_rules! __static_call {
 
         $($attr)*
         $vis static $name: $name = $name {
-            __core: $crate::__private::CallCore::new(),
+            __core: $crate::__private::CallCore::new(concat!(module_path!(), "::", stringify!($name))),
         };
 
         $crate::__arch_static_call_trampoline!(
@@ -755,4 +762,13 @@ macro_rules! __static_call_method {
     ([$($p:ident: $t:ty = $r:tt),*] [] [$($rs:tt)*] [$t0:ty $(, $ts:ty)*] $ret:ty) => {
         ::core::compile_error!("textpoke::static_call!: a static call takes at most 12 arguments");
     };
+}
+
+/// The static call that `addr` belongs to (its state, trampoline or an inline call site), if
+/// the index is built and has one (an error path does not build it).
+pub(crate) fn item_at(_lock: &PatchGuard, addr: usize) -> Option<Item> {
+    let core = table::INDEX.peek()?.as_ref().ok()?.owner(addr)?;
+    // SAFETY: validation checked that every entry's state is a `CallCore` of this copy of
+    // textpoke (its signature) in the object's data, and static calls are statics.
+    Some(unsafe { &*(core as *const CallCore) }.item())
 }

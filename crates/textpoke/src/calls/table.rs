@@ -1,8 +1,9 @@
 //! The static-call tables and their lazy index.
 //!
-//! Format `v1`: `textpoke_call_v1` has one 12-byte entry per static call, three self-relative
-//! 32-bit offsets: the trampoline, the call's state (`CallCore`), and the initial target.
-//! `textpoke_callsite_v1` has one 8-byte entry per inline call site (a `call rel32` that
+//! Format `v2`: `textpoke_call_v2` has one 12-byte entry per static call, three self-relative
+//! 32-bit offsets: the trampoline, the call's state (`CallCore`, signature `tpc2`, which also
+//! records the call's Rust path and where it was declared), and the initial target.
+//! `textpoke_callsite_v2` has one 8-byte entry per inline call site (a `call rel32` that
 //! textpoke emitted itself): the site and the call's state.
 
 use super::CallCore;
@@ -12,30 +13,30 @@ use crate::table::{IndexCell, Table};
 use crate::{Error, Location, Result};
 
 /// Name of the section holding static-call entries.
-pub const CALL_SECTION: &str = "textpoke_call_v1";
+pub const CALL_SECTION: &str = "textpoke_call_v2";
 /// Bytes per entry.
 pub const CALL_ENTRY_SIZE: usize = 12;
 
 /// Name of the section holding inline call sites.
-pub const CALLSITE_SECTION: &str = "textpoke_callsite_v1";
+pub const CALLSITE_SECTION: &str = "textpoke_callsite_v2";
 /// Bytes per call-site entry.
 pub const CALLSITE_ENTRY_SIZE: usize = 8;
 
 core::arch::global_asm!(
-    ".pushsection textpoke_call_v1,\"aR\",@progbits",
+    ".pushsection textpoke_call_v2,\"aR\",@progbits",
     ".popsection",
-    ".pushsection textpoke_callsite_v1,\"aR\",@progbits",
+    ".pushsection textpoke_callsite_v2,\"aR\",@progbits",
     ".popsection",
 );
 
 unsafe extern "C" {
-    #[link_name = "__start_textpoke_call_v1"]
+    #[link_name = "__start_textpoke_call_v2"]
     static CALL_START: [u8; 0];
-    #[link_name = "__stop_textpoke_call_v1"]
+    #[link_name = "__stop_textpoke_call_v2"]
     static CALL_STOP: [u8; 0];
-    #[link_name = "__start_textpoke_callsite_v1"]
+    #[link_name = "__start_textpoke_callsite_v2"]
     static CALLSITE_START: [u8; 0];
-    #[link_name = "__stop_textpoke_callsite_v1"]
+    #[link_name = "__stop_textpoke_callsite_v2"]
     static CALLSITE_STOP: [u8; 0];
 }
 
@@ -63,6 +64,21 @@ impl CallIndex {
         let lo = self.inline.partition_point(|&(c, _)| c < core);
         let hi = self.inline.partition_point(|&(c, _)| c <= core);
         self.inline[lo..hi].iter().map(|&(_, site)| site)
+    }
+
+    /// The state of the call that `addr` belongs to: its state, its trampoline or one of its
+    /// inline call sites.
+    pub(crate) fn owner(&self, addr: usize) -> Option<usize> {
+        let own = |c: &&CallSite| {
+            c.core == addr || (c.trampoline..c.trampoline + TRAMPOLINE_LEN).contains(&addr)
+        };
+        let call = self.calls.iter().find(own).map(|c| c.core);
+        call.or_else(|| {
+            self.inline
+                .iter()
+                .find(|&&(_, site)| site == addr)
+                .map(|&(core, _)| core)
+        })
     }
 
     pub(crate) fn find(&self, core: usize) -> Option<&CallSite> {

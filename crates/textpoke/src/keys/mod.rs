@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use crate::arch::{Insn, JUMP_LABEL_LEN, jump_label_code};
 use crate::engine::PatchGuard;
 use crate::engine::{self, PatchStats, Poke};
-use crate::{Error, Location, Result};
+use crate::{Error, Item, Location, Result};
 use table::{JumpSite, jump_index};
 
 /// Signature stored in every key, checked when a table entry names it.
-const KEY_MAGIC: u32 = u32::from_le_bytes(*b"tpk1");
+const KEY_MAGIC: u32 = u32::from_le_bytes(*b"tpk2");
 
 /// The part of a key the engine and tables see; identical for every initial state.
 #[repr(C, align(8))]
@@ -21,11 +21,23 @@ pub(crate) struct KeyCore {
     /// Reference count; the key is enabled while it is positive.
     count: AtomicI32,
     magic: u32,
+    /// Where the key was declared (its `StaticKey::new()`).
+    declared: &'static std::panic::Location<'static>,
 }
 
 impl KeyCore {
     pub(crate) fn addr(&self) -> usize {
         self as *const Self as usize
+    }
+
+    /// The key, for messages.
+    pub(crate) fn item(&self) -> Item {
+        Item::new("key", self.addr(), self.declared, None)
+    }
+
+    /// The key's address, named, for messages.
+    fn location(&self) -> Location {
+        Location::in_item(self.addr(), self.item())
     }
 
     fn enabled(&self) -> bool {
@@ -69,18 +81,22 @@ pub struct StaticKey<const INIT: bool = false> {
 }
 
 impl<const INIT: bool> Default for StaticKey<INIT> {
+    #[track_caller]
     fn default() -> Self {
         Self::new()
     }
 }
 
 impl<const INIT: bool> StaticKey<INIT> {
-    /// A key in state `INIT` (reference count 1 if `true`, 0 if `false`).
+    /// A key in state `INIT` (reference count 1 if `true`, 0 if `false`). Where it is called
+    /// is recorded, so that messages about the key's sites say where it was declared.
+    #[track_caller]
     pub const fn new() -> Self {
         StaticKey {
             core: KeyCore {
                 count: AtomicI32::new(INIT as i32),
                 magic: KEY_MAGIC,
+                declared: std::panic::Location::caller(),
             },
             _init: PhantomData,
         }
@@ -121,7 +137,7 @@ impl<const INIT: bool> StaticKey<INIT> {
             let mut v = count.load(Ordering::Acquire);
             while v > 0 {
                 let next = v.checked_add(1).ok_or_else(|| Error::Overflow {
-                    key: Location::of(self.core.addr()),
+                    key: self.core.location(),
                 })?;
                 match count.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => return Ok(()),
@@ -155,7 +171,7 @@ impl<const INIT: bool> StaticKey<INIT> {
             match count.load(Ordering::Acquire) {
                 0 => {
                     return Err(Error::Underflow {
-                        key: Location::of(self.core.addr()),
+                        key: self.core.location(),
                     });
                 }
                 1 => {
@@ -249,8 +265,20 @@ fn key_pokes(
 pub(crate) fn patch_keys(lock: &PatchGuard, keys: &[(&KeyCore, bool, bool)]) -> Result<PatchStats> {
     let mut pokes = crate::batch::pokes_scratch();
     pokes.clear();
-    key_pokes(lock, keys, &mut pokes)?;
-    engine::patch(lock, &mut pokes)
+    key_pokes(lock, keys, &mut pokes)
+        .and_then(|()| engine::patch(lock, &mut pokes))
+        .map_err(|e| e.name_items(|addr| item_at(lock, addr)))
+}
+
+/// The key whose site is at `addr`, if the index is built and has one (an error path does not
+/// build it).
+pub(crate) fn item_at(_lock: &PatchGuard, addr: usize) -> Option<Item> {
+    let index = table::INDEX.peek()?.as_ref().ok()?;
+    let site = index.all().iter().find(|s| s.addr == addr)?;
+    // SAFETY: validation checked that every entry's key is a `KeyCore` of this copy of
+    // textpoke (its signature) in the object's data, and keys are statics.
+    let core = unsafe { &*(site.key as *const KeyCore) };
+    Some(core.item())
 }
 
 /// Key changes planned in one batch. Planning zeroes the count of every key being disabled

@@ -1,8 +1,10 @@
 //! The static-branch site table and its lazy index.
 //!
-//! Format `v1`: each entry is 12 bytes, three self-relative 32-bit offsets: the site, the jump
+//! Format `v2`: each entry is 12 bytes, three self-relative 32-bit offsets: the site, the jump
 //! target, and the key plus flags (bit 0: `likely` site; bits 1-2 reserved and zero; keys are
-//! 8-aligned).
+//! 8-aligned). The format covers what the entries point at: a key (`KeyCore`, signature
+//! `tpk2`) holds its count, its signature and where it was declared (`v1` keys had no
+//! declaration), so a copy of textpoke of another format reads its own section.
 
 use super::KeyCore;
 use crate::arch::JUMP_LABEL_LEN;
@@ -11,7 +13,7 @@ use crate::table::{IndexCell, Table};
 use crate::{Error, Result};
 
 /// Name of the section holding static-branch entries.
-pub const JUMP_SECTION: &str = "textpoke_jump_v1";
+pub const JUMP_SECTION: &str = "textpoke_jump_v2";
 /// Bytes per entry.
 pub const JUMP_ENTRY_SIZE: usize = 12;
 const FLAG_LIKELY: usize = 1;
@@ -19,14 +21,14 @@ const FLAG_MASK: usize = 7;
 
 // Guarantees the section exists (and with it the start/stop symbols) even with no sites.
 core::arch::global_asm!(
-    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+    ".pushsection textpoke_jump_v2,\"aR\",@progbits",
     ".popsection"
 );
 
 unsafe extern "C" {
-    #[link_name = "__start_textpoke_jump_v1"]
+    #[link_name = "__start_textpoke_jump_v2"]
     static JUMP_START: [u8; 0];
-    #[link_name = "__stop_textpoke_jump_v1"]
+    #[link_name = "__stop_textpoke_jump_v2"]
     static JUMP_STOP: [u8; 0];
 }
 

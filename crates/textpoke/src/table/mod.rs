@@ -38,8 +38,9 @@ impl<T> IndexCell<T> {
         unsafe { &*p }
     }
 
-    /// The index, if it was built. For teardown at unload only: it may be freed meanwhile by
-    /// [`release`](Self::release) alone.
+    /// The index, if it was built. For teardown at unload, and for naming what an error's
+    /// addresses belong to under the patch lock: it is freed by [`release`](Self::release)
+    /// alone, at this copy's unload, when no code of the copy runs any more.
     pub fn peek(&self) -> Option<&T> {
         // SAFETY: a stored pointer is a leaked box, freed only by `release`.
         unsafe { self.ptr.load(Ordering::Acquire).as_ref() }

@@ -48,7 +48,7 @@ macro_rules! __arch_static_branch {
                     ".else",
                     ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
                     ".endif",
-                    ".pushsection textpoke_jump_v1,\"aR\",@progbits",
+                    ".pushsection textpoke_jump_v2,\"aR\",@progbits",
                     ".balign 4",
                     ".long 2b - .",
                     ".long {target} - .",
@@ -68,7 +68,7 @@ macro_rules! __arch_static_branch {
 
 /// Calls static call `$core` from an inline site emitted here, with up to six integer-class
 /// arguments in the C ABI's registers (pairs of register name and `u64` value). The site is a
-/// `call rel32` to `$target` (the compiled-in target), recorded in `textpoke_callsite_v1` as
+/// `call rel32` to `$target` (the compiled-in target), recorded in `textpoke_callsite_v2` as
 /// two self-relative offsets: the site and the call's state. Evaluates to `rax`. Used by
 /// `static_call!` only.
 #[doc(hidden)]
@@ -86,7 +86,7 @@ macro_rules! __arch_inline_call {
                 "2:",
                 ".byte 0xe8",
                 ".long {target} - (2b + 5)",
-                ".pushsection textpoke_callsite_v1,\"aR\",@progbits",
+                ".pushsection textpoke_callsite_v2,\"aR\",@progbits",
                 ".balign 4",
                 ".long 2b - .",
                 ".long {core} - .",
@@ -110,10 +110,20 @@ macro_rules! __arch_inline_call {
 /// before `apply` no thread ever executes a site byte but the first instruction, and `apply`
 /// can replace the whole site with the breakpoint protocol even while threads run it. Each candidate gets a table entry (see
 /// `table::alt`), the default last, with an empty feature name.
+///
+/// With `check` first, a candidate longer than the site fails to assemble (see
+/// [`__arch_alternative_fits!`](crate::__arch_alternative_fits)); without it, the entry is
+/// emitted as a stale table would hold it, and `apply` refuses it.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __arch_alternative {
-    ([$($default:literal),*] $([$feature:literal: $($code:literal),*])* ; $($operands:tt)*) => {
+    (check $($rest:tt)*) => {
+        $crate::__arch_alternative!(@emit check $($rest)*)
+    };
+    ([$($rest:tt)*] $($more:tt)*) => {
+        $crate::__arch_alternative!(@emit unchecked [$($rest)*] $($more)*)
+    };
+    (@emit $check:ident [$($default:literal),*] $([$feature:literal: $($code:literal),*])* ; $($operands:tt)*) => {
         ::core::arch::asm!(
             ".pushsection .text.textpoke_alt_default,\"ax\",@progbits",
             ".hidden textpoke_alt_first_use_v1",
@@ -138,6 +148,7 @@ macro_rules! __arch_alternative {
                 "7780:",
                 $($code,)*
                 "7781:",
+                $crate::__arch_alternative_fits!($check $feature),
                 ".popsection",
                 ".pushsection .rodata.textpoke_alt_names,\"a\",@progbits",
                 "7790:",
@@ -168,5 +179,25 @@ macro_rules! __arch_alternative {
             ".popsection",
             $($operands)*
         )
+    };
+}
+
+/// An assembler line that fails to assemble when the candidate just emitted (labels 7780 to
+/// 7781) is longer than its site: the default (7770 to 7771), and at least a jump. The
+/// assembler knows both lengths, so this is a build error, naming the feature, in the line it
+/// quotes. A negative `.skip` is the error (comparisons are -1 when true, so the product is 1
+/// when both hold); otherwise it emits nothing. `unchecked`: an empty line.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __arch_alternative_fits {
+    (check $feature:literal) => {
+        concat!(
+            ".skip -(((7781b-7780b)>(7771b-7770b))*((7781b-7780b)>5)),0 # the `",
+            $feature,
+            "` replacement is longer than its site"
+        )
+    };
+    (unchecked $feature:literal) => {
+        ""
     };
 }

@@ -122,7 +122,7 @@ macro_rules! __arch_static_call_trampoline {
             ".quad 0",
             concat!(".size \"", $sym, "\", 24"),
             ".popsection",
-            ".pushsection textpoke_call_v1,\"aR\",@progbits",
+            ".pushsection textpoke_call_v2,\"aR\",@progbits",
             ".balign 4",
             concat!(".long \"", $sym, "\" - ."),
             ".long {core} - .",

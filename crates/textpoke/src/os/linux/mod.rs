@@ -6,6 +6,7 @@ mod mem;
 mod objects;
 mod rendezvous;
 mod signal;
+mod symbols;
 mod sync;
 mod threads;
 mod valgrind;

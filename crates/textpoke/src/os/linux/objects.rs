@@ -172,25 +172,32 @@ impl TextMap {
 
 type Named = Option<(String, usize)>;
 
-/// Object (path, offset) and nearest dynamic symbol (name, offset) for `addr`.
+/// Object (path, offset) and the symbol (name, offset) for `addr`: from the object file's
+/// symbol table where it has one (local symbols too, demangled), else the nearest dynamic
+/// symbol `dladdr` knows.
 pub fn describe(addr: usize) -> (Named, Named) {
     // A fresh enumeration, not the cache: errors are described outside the patch lock too,
     // and the cache's mutex must only be taken under it (the lock is held across fork).
-    let object = loaded_objects()
-        .into_iter()
-        .find(|o| o.contains(addr, 1))
-        .map(|o| (o.name, addr.wrapping_sub(o.base)));
+    let found = loaded_objects().into_iter().find(|o| o.contains(addr, 1));
+    let from_file = found
+        .as_ref()
+        .and_then(|o| super::symbols::symbol_in_file(&o.name, o.base, addr));
+    let object = found.map(|o| (o.name, addr.wrapping_sub(o.base)));
+    (object, from_file.or_else(|| dynamic_symbol(addr)))
+}
+
+/// The nearest dynamic symbol at or below `addr`, from `dladdr`.
+fn dynamic_symbol(addr: usize) -> Named {
     // SAFETY: `dladdr` only reads loader state and writes the provided struct.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: as above; a zero return means "no information".
     let found = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0;
-    let symbol = (found && !info.dli_sname.is_null()).then(|| {
+    (found && !info.dli_sname.is_null()).then(|| {
         // SAFETY: `dladdr` returned a NUL-terminated name that lives as long as the object.
         let name = unsafe { CStr::from_ptr(info.dli_sname) }.to_string_lossy();
         (
             name.into_owned(),
             addr.wrapping_sub(info.dli_saddr as usize),
         )
-    });
-    (object, symbol)
+    })
 }
