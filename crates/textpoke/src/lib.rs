@@ -36,7 +36,9 @@
 //! - **Alternatives**: [`alternative!`] (instructions by CPU feature) and [`multiversion!`]
 //!   (functions bound once to the best implementation), applied by [`alternatives::apply`] or
 //!   at first use; [`features`] names the CPU features. Example: `examples/alternatives.rs`.
-//! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call.
+//! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call. A
+//!   site is shown with the function it is in, and with the key or static call it belongs to
+//!   ([`Location::item`], an [`Item`]: its Rust path and where it was declared).
 //! - **Tools**: [`insn`] (the NOP classifier, disassembly) and [`tables`] (the table formats).
 //!
 //! ## How a change is made safe
@@ -44,9 +46,10 @@
 //! Every site of every key in a batch is checked against the bytes its key's state implies and
 //! against the executable segments of the object that declared it; any mismatch refuses the
 //! whole batch. The change is then written with the kernel's breakpoint-first protocol:
-//! `int3` over every site, serialize all cores, the tails, serialize, the new first bytes,
-//! serialize. A thread that meets an `int3` meanwhile is given the new instruction by a
-//! SIGTRAP handler; other traps go to the handler installed before textpoke's. Writes go
+//! `int3` over every site, serialize all cores, the tails, serialize, the new first bytes. A
+//! thread that meets an `int3` meanwhile is given the new instruction by a SIGTRAP handler,
+//! and one that meets it after the batch is rewound to the finished site (which is why no
+//! third serialization is needed); other traps go to the handler installed before textpoke's. Writes go
 //! through `/proc/self/mem`, so no mapping is ever writable and executable, and cores are
 //! serialized with `membarrier(PRIVATE_EXPEDITED_SYNC_CORE)`.
 //!
