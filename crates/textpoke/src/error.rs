@@ -188,6 +188,14 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A patchable-function request cannot be met.
+    #[error("{what}: {why}")]
+    Functions {
+        /// The function, pattern or address asked for.
+        what: String,
+        /// Why.
+        why: String,
+    },
     /// Patching failed part-way and could not be rolled back. The breakpoint handler stays
     /// armed for the affected sites, so threads remain safe, but the named site is damaged.
     #[error("patching failed at {site} and could not be rolled back: {why}")]

@@ -134,6 +134,7 @@ mod calls;
 mod engine;
 mod error;
 pub mod features;
+pub mod functions;
 mod keys;
 mod location;
 mod os;
@@ -145,6 +146,8 @@ pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
 pub use keys::StaticKey;
+/// Makes a function patchable: see [`functions`].
+pub use textpoke_macros::patchable;
 pub use location::{Item, Location};
 pub use os::ThreadInfo;
 
@@ -204,6 +207,7 @@ unsafe fn release_on_unload() {
         keys::table::INDEX.release();
         calls::table::INDEX.release();
         alternatives::table::INDEX.release();
+        functions::table::INDEX.release();
     }
     batch::release();
     engine::release();

@@ -201,3 +201,40 @@ macro_rules! __arch_alternative_fits {
         ""
     };
 }
+
+/// Records a patchable function's state `$meta`, and its code `$code` where it can be named,
+/// in `textpoke_fn_v1` (see `functions::table`). Emits no instruction. Used by
+/// `#[patchable]` only.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __patchable_record {
+    ($meta:path) => {
+        // SAFETY: the asm only emits a table entry in a non-executable section.
+        unsafe {
+            ::core::arch::asm!(
+                ".pushsection textpoke_fn_v1,\"aR\",@progbits",
+                ".balign 4",
+                ".long {meta} - .",
+                ".long 0",
+                ".popsection",
+                meta = sym $meta,
+                options(nomem, nostack, preserves_flags),
+            )
+        }
+    };
+    ($meta:path, $code:path) => {
+        // SAFETY: the asm only emits a table entry in a non-executable section.
+        unsafe {
+            ::core::arch::asm!(
+                ".pushsection textpoke_fn_v1,\"aR\",@progbits",
+                ".balign 4",
+                ".long {meta} - .",
+                ".long {code} - .",
+                ".popsection",
+                meta = sym $meta,
+                code = sym $code,
+                options(nomem, nostack, preserves_flags),
+            )
+        }
+    };
+}
