@@ -8,8 +8,9 @@
 //! `x = 4096 r + k`, passed through `black_box`, and XORs the result into a checksum:
 //!
 //! - direct: `target::<k>(x)`, a plain `call`;
-//! - static call: `C<k>.call(x)`, a direct `call` to static call `C<k>`'s own trampoline, whose
-//!   `jmp rel32` goes to `target::<k>`;
+//! - static call: `C<k>.call(x)`, a call to static call `C<k>`'s own trampoline, whose
+//!   `jmp rel32` goes to `target::<k>` (rustc reaches a Rust-ABI trampoline through its GOT slot
+//!   in a position-independent executable, so the call is a load and an indirect `call`);
 //! - function pointer: a `Relaxed` load of `PTRS[k]` (a static array of `AtomicPtr`, stored to
 //!   at run time) and an indirect `call`.
 //!
@@ -33,7 +34,7 @@ use crate::dispatch::mix;
 use crate::{BenchError, Result, stats};
 
 /// Distinct targets (and static calls, and pointer slots) in the rotation. The `seq!` ranges
-/// below must match it, which the arrays' types enforce.
+/// below must match it, which the arrays' types and the loops' checksums enforce.
 pub const TARGETS: usize = 4096;
 
 /// Target `I` of the rotation: the same work as `call`'s `work`, one multiply and one XOR, with
