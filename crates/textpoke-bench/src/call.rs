@@ -39,6 +39,7 @@ use serde::Serialize;
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
 use crate::branch::{align_loop, dispatch_loop};
+use crate::cold::{self, ColdLoopCode};
 use crate::dispatch::{self, Loop, mix};
 use crate::{BenchError, Result, stats};
 
@@ -108,6 +109,9 @@ pub struct CallArgs {
     /// Individually timed static-call updates; the median is reported.
     #[arg(long, default_value_t = 1001)]
     pub samples: usize,
+    /// Rounds per repetition of each cold loop, each round calling all 4,096 targets once.
+    #[arg(long, default_value_t = 1000)]
+    pub cold_rounds: u64,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +170,25 @@ pub struct CallRow {
     pub static_call_inline_direct: bool,
     /// What each dispatch loop does per call, read back from this process's machine code.
     pub loop_code: LoopCode,
+    /// Cold dispatch: a direct call to one of 4,096 distinct targets in rotation, ns per call.
+    pub cold_direct_ns: f64,
+    /// Cold dispatch: a call through one of 4,096 static calls (each bound to its own target)
+    /// in rotation, ns per call.
+    pub cold_static_call_ns: f64,
+    /// Cold dispatch: a call through one of 4,096 `AtomicPtr` slots (each holding its own
+    /// target), loaded `Relaxed`, in rotation, ns per call.
+    pub cold_fn_pointer_ns: f64,
+    /// `cold_static_call_ns / cold_direct_ns`.
+    pub cold_static_call_vs_direct: f64,
+    /// Distinct targets (and static calls, and pointer slots) in the cold rotation.
+    pub cold_targets: usize,
+    /// Rounds (of `cold_targets` calls) per repetition of each cold loop.
+    pub cold_rounds: u64,
+    /// Static calls of the rotation that were retargeted, followed by the static-call loop, and
+    /// put back.
+    pub cold_retargeted: usize,
+    /// What each cold loop's machine code does, read back from this process's text.
+    pub cold_loop_code: ColdLoopCode,
     /// Calls per repetition of each dispatch loop.
     pub iters: u64,
     /// Repetitions of each dispatch loop.
@@ -240,7 +263,7 @@ const MAX_LOOP_BYTES: usize = 512;
 
 /// Copies `len` bytes at `addr` if they lie inside one readable (`PF_R`) `PT_LOAD` segment of
 /// a loaded object.
-fn read_mapped(addr: usize, len: usize) -> Option<Vec<u8>> {
+pub(crate) fn read_mapped(addr: usize, len: usize) -> Option<Vec<u8>> {
     let inside = textpoke::__private::loaded_objects()
         .iter()
         .flat_map(|o| &o.segments)
@@ -253,8 +276,8 @@ fn read_mapped(addr: usize, len: usize) -> Option<Vec<u8>> {
 }
 
 /// The bytes of the function at `addr`, up to the end of its (readable) executable segment or
-/// [`MAX_LOOP_BYTES`].
-fn function_bytes(addr: usize) -> Result<Vec<u8>> {
+/// `max` bytes.
+fn function_bytes(addr: usize, max: usize) -> Result<Vec<u8>> {
     let seg = textpoke::__private::loaded_objects()
         .iter()
         .find_map(|o| o.text_segment(addr, 1))
@@ -263,16 +286,25 @@ fn function_bytes(addr: usize) -> Result<Vec<u8>> {
                 "{addr:#x} is not in any readable executable segment"
             ))
         })?;
-    let len = (seg.end - addr).min(MAX_LOOP_BYTES);
+    let len = (seg.end - addr).min(max);
     read_mapped(addr, len)
         .ok_or_else(|| BenchError::new(format!("cannot read the code at {addr:#x}")))
+}
+
+/// The code at `addr` (at most `max` bytes, to the end of its segment), disassembled by
+/// textpoke: instructions separated by `"; "`.
+pub(crate) fn disassemble_function(addr: usize, max: usize) -> Result<String> {
+    Ok(textpoke::__private::disassemble(
+        addr,
+        &function_bytes(addr, max)?,
+    ))
 }
 
 /// Replaces every number in `insn` (iced-x86's Intel syntax: hexadecimal with an `h` suffix,
 /// as in `call 0000000000401000h` or `mov rax,[404020h]`) that is the address of one of `names`
 /// with its name, and every memory operand `[number]` whose 8-byte content is one of them with
 /// `[slot holding name]`. Returns the text and whether anything was named.
-fn annotate(insn: &str, names: &[(usize, &str)]) -> (String, bool) {
+pub(crate) fn annotate(insn: &str, names: &[(usize, &str)]) -> (String, bool) {
     let name_of = |a: usize| names.iter().find(|&&(n, _)| n == a).map(|&(_, s)| s);
     let word_byte = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
     let bytes = insn.as_bytes();
@@ -320,7 +352,7 @@ fn annotate(insn: &str, names: &[(usize, &str)]) -> (String, bool) {
 /// The calls in the loop function at `addr` (up to its first `ret`), and every instruction
 /// there that names one of `names` directly or through a slot, annotated by [`annotate`].
 pub(crate) fn describe_loop(addr: usize, names: &[(usize, &str)]) -> Result<String> {
-    let text = textpoke::__private::disassemble(addr, &function_bytes(addr)?);
+    let text = disassemble_function(addr, MAX_LOOP_BYTES)?;
     let mut kept = Vec::new();
     for insn in text.split("; ") {
         if insn.starts_with("ret") || insn == "(bad)" {
@@ -523,9 +555,9 @@ fn check_updates<C: Measured>(u: &Updates, samples: usize) -> Result<()> {
 
 /// Measures dispatch, then updates, and reports both.
 pub fn run(args: &CallArgs) -> Result<CallRow> {
-    if args.iters == 0 || args.reps == 0 || args.samples == 0 {
+    if args.iters == 0 || args.reps == 0 || args.samples == 0 || args.cold_rounds == 0 {
         return Err(BenchError::new(
-            "--iters, --reps and --samples must be at least 1",
+            "--iters, --reps, --samples and --cold-rounds must be at least 1",
         ));
     }
     FN_PTR.store(black_box(work as *mut ()), Ordering::Relaxed);
@@ -556,12 +588,14 @@ pub fn run(args: &CallArgs) -> Result<CallRow> {
         direct_c,
         static_call_inline,
     ] = dispatch::measure(&LOOPS, args.iters, args.reps)?;
+    let cold = cold::run(args.cold_rounds, args.reps)?;
+    let [cold_direct, cold_static_call, cold_fn_pointer] = cold.ns;
     let caller_cpu = placement.busy_cpu(0);
     let updates = measure_updates(&SC, args.samples, caller_cpu)?;
     check_updates::<SC>(&updates, args.samples)?;
     let updates_inline = measure_updates(&SCI, args.samples, caller_cpu)?;
     check_updates::<SCI>(&updates_inline, args.samples)?;
-    let note = note(
+    let mut note = note(
         args,
         &placement,
         caller_cpu,
@@ -569,6 +603,7 @@ pub fn run(args: &CallArgs) -> Result<CallRow> {
         static_call_inline_direct,
         inline_sites,
     );
+    note.push_str(&cold::note(&cold, args.cold_rounds, args.reps));
     Ok(CallRow {
         direct_ns: direct,
         static_call_ns: static_call,
@@ -592,6 +627,14 @@ pub fn run(args: &CallArgs) -> Result<CallRow> {
         static_call_direct,
         static_call_inline_direct,
         loop_code,
+        cold_direct_ns: cold_direct,
+        cold_static_call_ns: cold_static_call,
+        cold_fn_pointer_ns: cold_fn_pointer,
+        cold_static_call_vs_direct: cold_static_call / cold_direct,
+        cold_targets: cold::TARGETS,
+        cold_rounds: args.cold_rounds,
+        cold_retargeted: cold.retargeted,
+        cold_loop_code: cold.code,
         iters: args.iters,
         reps: args.reps,
         note,
@@ -687,6 +730,11 @@ pub fn print_table(r: &CallRow) -> Result<()> {
         ("caller calls, inline updates", r.caller_calls_inline as f64),
         ("inline violations", r.violations_inline as f64),
         ("inline sites of SCI", r.inline_sites as f64),
+        ("cold direct call (ns)", r.cold_direct_ns),
+        ("cold static call (ns)", r.cold_static_call_ns),
+        ("cold fn pointer (ns)", r.cold_fn_pointer_ns),
+        ("cold static call / direct", r.cold_static_call_vs_direct),
+        ("cold targets", r.cold_targets as f64),
     ];
     crate::print_rows(("what", "value"), &rows, &r.note)?;
     let code = &r.loop_code;
@@ -714,6 +762,7 @@ mod tests {
             iters: 1000,
             reps: 3,
             samples: 9,
+            cold_rounds: 2,
             json: true,
         })?;
         let line = serde_json::to_string(&row)?;
@@ -739,6 +788,13 @@ mod tests {
             "update_inline_us_p90",
             "update_inline_samples",
             "inline_sites",
+            "cold_direct_ns",
+            "cold_static_call_ns",
+            "cold_fn_pointer_ns",
+            "cold_static_call_vs_direct",
+            "cold_targets",
+            "cold_rounds",
+            "cold_retargeted",
             "iters",
             "reps",
         ];
@@ -758,6 +814,9 @@ mod tests {
         assert_eq!(v["update_inline_samples"].as_u64(), Some(9));
         assert_eq!(v["iters"].as_u64(), Some(1000));
         assert_eq!(v["reps"].as_u64(), Some(3));
+        assert_eq!(v["cold_targets"].as_u64(), Some(4096));
+        assert_eq!(v["cold_rounds"].as_u64(), Some(2));
+        assert_eq!(v["cold_retargeted"].as_u64(), Some(3));
         assert!(v["note"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(v["static_call_direct"].is_boolean());
         assert_eq!(
@@ -779,6 +838,23 @@ mod tests {
         assert!(calls_work_c(&code.direct_c), "{line}");
         assert!(calls_work_c(&code.static_call_inline), "{line}");
         assert!(!code.static_call_inline.contains("trampoline"), "{line}");
+        // The cold loops, whatever the optimization level: the direct one calls the 4,096
+        // targets in order, directly, and makes no indirect call; the static-call one reaches
+        // the 4,096 trampolines in order; the function-pointer one makes an indirect call per
+        // step. With optimization, each makes its rotation's calls and no other.
+        let cold = &row.cold_loop_code;
+        assert_eq!(cold.direct.rotation_calls, 4096, "{line}");
+        assert_eq!(cold.direct.rotation_direct, 4096, "{line}");
+        assert_eq!(cold.direct.indirect_calls, 0, "{line}");
+        assert_eq!(cold.static_call.rotation_calls, 4096, "{line}");
+        assert!(cold.fn_pointer.indirect_calls >= 4096, "{line}");
+        assert_eq!(cold.fn_pointer.rotation_direct, 0, "{line}");
+        if !cfg!(debug_assertions) {
+            for c in [&cold.direct, &cold.static_call, &cold.fn_pointer] {
+                assert_eq!((c.rotation_calls, c.calls), (4096, 4096), "{line}");
+            }
+            assert_eq!(cold.fn_pointer.indirect_calls, 4096, "{line}");
+        }
         assert_eq!(SC.call(3), work(3), "the run leaves SC on work");
         assert_eq!(SCI.call(3), work_c(3), "the run leaves SCI on work_c");
         let site_in_loop = textpoke::__private::inline_sites_of(&SCI)?

@@ -21,6 +21,7 @@ mod affinity;
 mod alt;
 mod branch;
 mod call;
+mod cold;
 mod dispatch;
 mod peer;
 mod raw;
