@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::Result;
 use crate::calls::{CallCore, CallPlan, NoopCall, StaticCall};
 use crate::engine::{self, PatchStats, Poke};
+use crate::functions::{FnChange, FnPlan, Replacement, Tracer};
 use crate::keys::{KeyCore, KeyPlan, StaticKey};
 
 /// Pokes of the batch being built, reused across batches (only touched under the patch lock):
@@ -20,7 +21,8 @@ pub(crate) fn release() {
     drop(std::mem::take(&mut *pokes_scratch()));
 }
 
-/// Several key changes and static-call updates applied as one batch: one validation pass, two
+/// Several key changes, static-call updates and function tracers or replacements applied as
+/// one batch: one validation pass, two
 /// core syncs, and either every site changes or none does.
 ///
 /// ```
@@ -38,6 +40,7 @@ pub(crate) fn release() {
 pub struct Batch<'a> {
     changes: Vec<(&'a KeyCore, bool)>,
     calls: Vec<(&'a CallCore, Option<usize>)>,
+    functions: Vec<FnChange<'a>>,
 }
 
 impl<'a> Batch<'a> {
@@ -79,18 +82,58 @@ impl<'a> Batch<'a> {
         self
     }
 
+    /// Starts `tracer` (its hooks run on every function it matched).
+    pub fn start_tracer(mut self, tracer: &'a Tracer) -> Self {
+        self.functions.push(FnChange::Tracer(tracer, true));
+        self
+    }
+
+    /// Stops `tracer`.
+    pub fn stop_tracer(mut self, tracer: &'a Tracer) -> Self {
+        self.functions.push(FnChange::Tracer(tracer, false));
+        self
+    }
+
+    /// Installs `replacement`: later calls of its function run the replacement.
+    pub fn replace(mut self, replacement: &'a Replacement) -> Self {
+        self.functions
+            .push(FnChange::Replacement(replacement, true));
+        self
+    }
+
+    /// Removes `replacement`, if it is the one installed on its function.
+    pub fn revert(mut self, replacement: &'a Replacement) -> Self {
+        self.functions
+            .push(FnChange::Replacement(replacement, false));
+        self
+    }
+
     /// Applies every change as one batch: every site of every key and every trampoline, or
     /// none of them. A key or call named more than once gets its last change.
-    pub fn commit(self) -> Result<PatchStats> {
+    pub fn commit(mut self) -> Result<PatchStats> {
+        // Functions' states change first (a site that jumps finds them); their keys follow in
+        // this batch.
+        let mut fn_keys = Vec::new();
+        let functions = std::mem::take(&mut self.functions);
+        let plan = (!functions.is_empty()).then(|| FnPlan::new(&functions, &mut fn_keys));
+        let mut batch = self;
+        for (key, on) in fn_keys {
+            batch = batch.set(key, on);
+        }
         // References on targets' objects are taken and dropped outside the patch lock: the
         // loader's lock is taken inside it by a `dlclose` that waits for a batch.
-        let mut held = crate::calls::hold_targets(&self.calls)?;
-        let mut released = Vec::new();
-        let lock = crate::engine::lock()?;
-        let result = self.commit_held(&lock, &mut held, &mut released);
-        drop(lock);
-        drop(released);
-        drop(held);
+        let result = crate::calls::hold_targets(&batch.calls).and_then(|mut held| {
+            let mut released = Vec::new();
+            let lock = crate::engine::lock()?;
+            let result = batch.commit_held(&lock, &mut held, &mut released);
+            drop(lock);
+            drop(released);
+            drop(held);
+            result
+        });
+        if let (Err(_), Some(plan)) = (&result, plan) {
+            plan.abort();
+        }
         result
     }
 

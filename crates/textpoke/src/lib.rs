@@ -146,10 +146,10 @@ pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
 pub use keys::StaticKey;
-/// Makes a function patchable: see [`functions`].
-pub use textpoke_macros::patchable;
 pub use location::{Item, Location};
 pub use os::ThreadInfo;
+/// Makes a function patchable: see [`functions`].
+pub use textpoke_macros::patchable;
 
 /// The site tables textpoke's macros emit, for tools and tests that read them: section names,
 /// entry sizes, and the validated sites.

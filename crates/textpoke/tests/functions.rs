@@ -163,8 +163,14 @@ fn every_shape_behaves_and_is_listed() {
             ]
         );
         let listed = functions::list("*").unwrap();
-        let generic_info = listed.iter().find(|f| f.name == "functions::generic").unwrap();
-        assert!(generic_info.sites >= 2, "one site per instantiation: {generic_info:?}");
+        let generic_info = listed
+            .iter()
+            .find(|f| f.name == "functions::generic")
+            .unwrap();
+        assert!(
+            generic_info.sites >= 2,
+            "one site per instantiation: {generic_info:?}"
+        );
         assert!(listed.iter().all(|f| f.tracers == 1), "{listed:?}");
         assert_eq!(generic_info.file, file!());
         drop(tracer);
@@ -191,11 +197,17 @@ fn filters_overlap_and_each_tracer_sees_its_own() {
         assert_eq!(adds.functions(), ["functions::add"]);
         add(1, 1);
         c_abi(1);
-        assert_eq!((ALL.load(Ordering::Relaxed), ADDS.load(Ordering::Relaxed)), (2, 1));
+        assert_eq!(
+            (ALL.load(Ordering::Relaxed), ADDS.load(Ordering::Relaxed)),
+            (2, 1)
+        );
         drop(all);
         add(1, 1);
         c_abi(1);
-        assert_eq!((ALL.load(Ordering::Relaxed), ADDS.load(Ordering::Relaxed)), (2, 2));
+        assert_eq!(
+            (ALL.load(Ordering::Relaxed), ADDS.load(Ordering::Relaxed)),
+            (2, 2)
+        );
         adds.disable().unwrap();
         add(1, 1);
         assert_eq!(ADDS.load(Ordering::Relaxed), 2);
@@ -204,20 +216,23 @@ fn filters_overlap_and_each_tracer_sees_its_own() {
 
 #[test]
 fn a_hook_that_calls_a_traced_function_is_not_reentered() {
-    support::fresh("a_hook_that_calls_a_traced_function_is_not_reentered", || {
-        static HOOKS: AtomicUsize = AtomicUsize::new(0);
-        let _t = functions::trace("functions::*", |_| {
-            HOOKS.fetch_add(1, Ordering::Relaxed);
-            // Traced functions, called from the hook: they run, untraced.
-            assert_eq!(hook_helper(), 2);
-        })
-        .unwrap();
-        assert_eq!(add(2, 2), 4);
-        assert_eq!(HOOKS.load(Ordering::Relaxed), 1, "one call, one hook");
-        // Recursion outside hooks is traced at every level.
-        assert_eq!(recursive(3), 3);
-        assert_eq!(HOOKS.load(Ordering::Relaxed), 5);
-    });
+    support::fresh(
+        "a_hook_that_calls_a_traced_function_is_not_reentered",
+        || {
+            static HOOKS: AtomicUsize = AtomicUsize::new(0);
+            let _t = functions::trace("functions::*", |_| {
+                HOOKS.fetch_add(1, Ordering::Relaxed);
+                // Traced functions, called from the hook: they run, untraced.
+                assert_eq!(hook_helper(), 2);
+            })
+            .unwrap();
+            assert_eq!(add(2, 2), 4);
+            assert_eq!(HOOKS.load(Ordering::Relaxed), 1, "one call, one hook");
+            // Recursion outside hooks is traced at every level.
+            assert_eq!(recursive(3), 3);
+            assert_eq!(HOOKS.load(Ordering::Relaxed), 5);
+        },
+    );
 }
 
 #[test]
@@ -264,46 +279,52 @@ fn the_profiler_counts_calls_and_time() {
         assert_eq!(report[0].name, "functions::add");
         assert_eq!(report[0].calls, 10);
         assert!(report[0].max <= report[0].total);
-        profile.disable().unwrap();
+        profile.tracer().disable().unwrap();
         add(1, 1);
     });
 }
 
 #[test]
 fn replacement_is_type_checked_combines_with_tracing_and_reverts() {
-    support::fresh("replacement_is_type_checked_combines_with_tracing_and_reverts", || {
-        let patch = functions::replace!(add, add_v2).unwrap();
-        assert_eq!(patch.name(), "functions::add");
-        assert_eq!(add(3, 4), 12);
-        assert!(functions::list("functions::add").unwrap()[0].replaced);
-        static TRACED: AtomicUsize = AtomicUsize::new(0);
-        let tracer = functions::trace("functions::add", |_| {
-            TRACED.fetch_add(1, Ordering::Relaxed);
-        })
-        .unwrap();
-        assert_eq!(add(3, 4), 12, "traced and still replaced");
-        assert_eq!(TRACED.load(Ordering::Relaxed), 1);
-        patch.revert().unwrap();
-        assert_eq!(add(3, 4), 7, "traced, no longer replaced");
-        assert_eq!(TRACED.load(Ordering::Relaxed), 2);
-        drop(tracer);
+    support::fresh(
+        "replacement_is_type_checked_combines_with_tracing_and_reverts",
+        || {
+            let patch = functions::replace!(add, add_v2).unwrap();
+            assert_eq!(patch.name(), "functions::add");
+            assert_eq!(add(3, 4), 12);
+            assert!(functions::list("functions::add").unwrap()[0].replaced);
+            static TRACED: AtomicUsize = AtomicUsize::new(0);
+            let tracer = functions::trace("functions::add", |_| {
+                TRACED.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+            assert_eq!(add(3, 4), 12, "traced and still replaced");
+            assert_eq!(TRACED.load(Ordering::Relaxed), 1);
+            patch.disable().unwrap();
+            assert_eq!(add(3, 4), 7, "traced, no longer replaced");
+            assert_eq!(TRACED.load(Ordering::Relaxed), 2);
+            drop(tracer);
 
-        // One instantiation of a generic function, not the others.
-        let g = functions::replace!(generic::<u8>, generic_v2).unwrap();
-        assert_eq!((generic(1u8), generic(1u32)), (101, 2));
-        drop(g); // stays installed
-        assert_eq!(functions::revert("functions::gen*").unwrap(), 1);
-        assert_eq!((generic(1u8), generic(1u32)), (2, 2));
+            // One instantiation of a generic function, not the others.
+            let g = functions::replace!(generic::<u8>, generic_v2).unwrap();
+            assert_eq!((generic(1u8), generic(1u32)), (101, 2));
+            drop(g); // stays installed
+            assert_eq!(functions::revert("functions::gen*").unwrap(), 1);
+            assert_eq!((generic(1u8), generic(1u32)), (2, 2));
 
-        // Methods, and a function of another object or not patchable, are refused by name.
-        fn not_patchable(a: u32, b: u32) -> u32 {
-            a - b
-        }
-        let err = functions::replace!(not_patchable, add_v2).err().unwrap();
-        assert!(err.to_string().contains("not a patchable function"), "{err}");
-        let m = functions::replace!(Counter::get, |_: &Counter| 42).unwrap();
-        assert_eq!(Counter::new().get(), 42);
-        m.revert().unwrap();
-        assert_eq!(Counter::new().get(), 0);
-    });
+            // Methods, and a function of another object or not patchable, are refused by name.
+            fn not_patchable(a: u32, b: u32) -> u32 {
+                a - b
+            }
+            let err = functions::replace!(not_patchable, add_v2).err().unwrap();
+            assert!(
+                err.to_string().contains("not a patchable function"),
+                "{err}"
+            );
+            let m = functions::replace!(Counter::get, |_: &Counter| 42).unwrap();
+            assert_eq!(Counter::new().get(), 42);
+            m.disable().unwrap();
+            assert_eq!(Counter::new().get(), 0);
+        },
+    );
 }

@@ -34,7 +34,7 @@
 //! // livepatch: every later call runs the replacement; a different signature fails to build.
 //! let patch = textpoke::functions::replace!(parse, parse_v2)?;
 //! assert_eq!(parse("abc"), 6);
-//! patch.revert()?; // or by name: textpoke::functions::revert("*::parse")
+//! patch.disable()?; // or by name: textpoke::functions::revert("*::parse")
 //! assert_eq!(parse("abc"), 3);
 //! # Ok::<(), textpoke::Error>(())
 //! ```
@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use dispatch::{Divert, Entry, Exit, __divert};
+pub use dispatch::{__divert, Divert, Entry, Exit};
 
 use crate::{Batch, Error, Result, StaticKey};
 use dispatch::Hooks;
@@ -72,15 +72,7 @@ pub struct FnMeta {
     /// Slots of the tracers whose filter matched.
     tracers: AtomicU64,
     /// The installed replacement, if any.
-    replacement: AtomicPtr<Replacement>,
-}
-
-/// A replacement: which code (one instantiation of the function) is replaced, and by what.
-/// Interned, never freed, so a thread that loaded one can always read it.
-#[derive(PartialEq, Eq)]
-struct Replacement {
-    code: usize,
-    target: usize,
+    replacement: AtomicPtr<Interned>,
 }
 
 impl FnMeta {
@@ -116,7 +108,8 @@ impl FnMeta {
 
     /// Whether the site must jump: something is enabled.
     fn wanted(&self) -> bool {
-        self.tracers.load(Ordering::Acquire) != 0 || !self.replacement.load(Ordering::Acquire).is_null()
+        self.tracers.load(Ordering::Acquire) != 0
+            || !self.replacement.load(Ordering::Acquire).is_null()
     }
 }
 
@@ -132,19 +125,6 @@ fn state() -> MutexGuard<'static, ()> {
 fn functions() -> Result<&'static table::FnIndex> {
     let lock = crate::engine::lock()?;
     table::fn_index(&lock)
-}
-
-/// Enables or disables, in one batch, the keys of `metas` so that each follows its state.
-fn sync_keys(metas: &[&'static FnMeta]) -> Result<crate::PatchStats> {
-    let mut batch = Batch::new();
-    for meta in metas {
-        batch = if meta.wanted() {
-            batch.enable(meta.key)
-        } else {
-            batch.disable(meta.key)
-        };
-    }
-    batch.commit()
 }
 
 /// One patchable function, as [`list`] shows it.
@@ -184,106 +164,204 @@ pub fn list(pattern: &str) -> Result<Vec<FunctionInfo>> {
     Ok(out)
 }
 
-/// Active hooks on the functions that matched a filter. Dropping it (or [`disable`]) removes
-/// them, in one batch.
-///
-/// [`disable`]: Tracer::disable
-#[must_use = "the tracer is removed when dropped"]
+/// Hooks on the functions that matched a filter, like one ftrace tracer. Made inactive by
+/// [`Tracer::new`] (to start in a [`Batch`](crate::Batch) with other changes), or active by
+/// [`trace`]. Dropping it stops it (one batch) and frees its hooks once no thread runs them.
 pub struct Tracer {
     slot: usize,
     metas: Vec<&'static FnMeta>,
-    active: bool,
 }
 
 impl Tracer {
-    /// The functions it traces.
-    pub fn functions(&self) -> Vec<&'static str> {
-        self.metas.iter().map(|m| m.name).collect()
+    /// A tracer, not yet started, that calls `on_entry` at the start of every call of every
+    /// patchable function whose path matches `pattern` (glob: `*`, `?`). Several tracers may be
+    /// active at once, with overlapping filters.
+    pub fn new(pattern: &str, on_entry: impl Fn(&Entry) + Send + Sync + 'static) -> Result<Self> {
+        Self::with_hooks(
+            pattern,
+            Hooks {
+                entry: Some(Box::new(on_entry)),
+                exit: None,
+            },
+        )
     }
 
-    /// Removes the hooks, in one batch, and waits until no thread runs them.
-    pub fn disable(mut self) -> Result<()> {
-        self.remove()
+    /// As [`new`](Self::new), and calls `on_exit` when each call ends: on every path out (a
+    /// return, a `?`, unwinding).
+    pub fn with_exits(
+        pattern: &str,
+        on_entry: impl Fn(&Entry) + Send + Sync + 'static,
+        on_exit: impl Fn(&Exit) + Send + Sync + 'static,
+    ) -> Result<Self> {
+        Self::with_hooks(
+            pattern,
+            Hooks {
+                entry: Some(Box::new(on_entry)),
+                exit: Some(Box::new(on_exit)),
+            },
+        )
     }
 
-    fn remove(&mut self) -> Result<()> {
-        if !std::mem::replace(&mut self.active, false) {
-            return Ok(());
-        }
+    fn with_hooks(pattern: &str, hooks: Hooks) -> Result<Self> {
+        let index = functions()?;
+        let metas = index
+            .functions
+            .iter()
+            .map(|(m, _)| *m)
+            .filter(|m| glob::matches(pattern, m.name))
+            .collect();
         let _state = state();
-        for meta in &self.metas {
-            meta.tracers.fetch_and(!(1 << self.slot), Ordering::AcqRel);
-        }
-        let synced = sync_keys(&self.metas);
-        dispatch::uninstall(self.slot);
-        synced.map(drop)
+        let slot = dispatch::install(hooks).ok_or_else(|| Error::Functions {
+            what: pattern.to_owned(),
+            why: format!("{} tracers exist already", dispatch::SLOTS),
+        })?;
+        Ok(Tracer { slot, metas })
+    }
+
+    /// The functions it traces, sorted by path.
+    pub fn functions(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.metas.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether it is started.
+    pub fn is_enabled(&self) -> bool {
+        self.metas
+            .first()
+            .is_some_and(|m| m.tracers.load(Ordering::Acquire) & self.bit() != 0)
+    }
+
+    fn bit(&self) -> u64 {
+        1 << self.slot
+    }
+
+    /// Starts it: one batch for every matching function.
+    pub fn enable(&self) -> Result<crate::PatchStats> {
+        Batch::new().start_tracer(self).commit()
+    }
+
+    /// Stops it: one batch.
+    pub fn disable(&self) -> Result<crate::PatchStats> {
+        Batch::new().stop_tracer(self).commit()
     }
 }
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        // Dropping cannot report an error; `disable` does. A failed batch leaves sites jumping
-        // to a path that finds no hooks for this tracer, which is harmless.
-        let _ = self.remove();
+        // Dropping cannot report an error; `disable` does. If the batch fails, the sites keep
+        // jumping to a path that finds no hooks in this slot, which is harmless.
+        let _ = self.disable();
+        let _state = state();
+        for meta in &self.metas {
+            meta.tracers.fetch_and(!self.bit(), Ordering::AcqRel);
+        }
+        dispatch::uninstall(self.slot);
     }
 }
 
-/// Calls `on_entry` at the start of every call of every patchable function whose path matches
-/// `pattern` (glob: `*`, `?`), like ftrace's function tracer. One batch for every matching
-/// function; several tracers may be active at once, with overlapping filters.
+/// Starts a [`Tracer`] calling `on_entry` on every function whose path matches `pattern`,
+/// like ftrace's function tracer: one batch for every matching function.
 pub fn trace(pattern: &str, on_entry: impl Fn(&Entry) + Send + Sync + 'static) -> Result<Tracer> {
-    install(
-        pattern,
-        Hooks {
-            entry: Some(Box::new(on_entry)),
-            exit: None,
-        },
-    )
+    let tracer = Tracer::new(pattern, on_entry)?;
+    tracer.enable()?;
+    Ok(tracer)
 }
 
-/// As [`trace`], and calls `on_exit` when each call ends: on every path out (a return, a `?`,
-/// unwinding).
+/// As [`trace`], with exit hooks too (see [`Tracer::with_exits`]).
 pub fn trace_calls(
     pattern: &str,
     on_entry: impl Fn(&Entry) + Send + Sync + 'static,
     on_exit: impl Fn(&Exit) + Send + Sync + 'static,
 ) -> Result<Tracer> {
-    install(
-        pattern,
-        Hooks {
-            entry: Some(Box::new(on_entry)),
-            exit: Some(Box::new(on_exit)),
-        },
-    )
+    let tracer = Tracer::with_exits(pattern, on_entry, on_exit)?;
+    tracer.enable()?;
+    Ok(tracer)
 }
 
-fn install(pattern: &str, hooks: Hooks) -> Result<Tracer> {
-    let index = functions()?;
-    let metas: Vec<&'static FnMeta> = index
-        .functions
-        .iter()
-        .map(|(m, _)| *m)
-        .filter(|m| glob::matches(pattern, m.name))
-        .collect();
-    let _state = state();
-    let slot = dispatch::install(hooks).ok_or_else(|| Error::Functions {
-        what: pattern.to_owned(),
-        why: format!("{} tracers are active already", dispatch::SLOTS),
-    })?;
-    for meta in &metas {
-        meta.tracers.fetch_or(1 << slot, Ordering::AcqRel);
+/// A change of what is enabled on functions, planned in a [`Batch`](crate::Batch).
+pub(crate) enum FnChange<'a> {
+    Tracer(&'a Tracer, bool),
+    Replacement(&'a Replacement, bool),
+}
+
+/// Function changes applied before their batch's sites are written, and undone if it fails.
+pub(crate) struct FnPlan {
+    _state: MutexGuard<'static, ()>,
+    undo: Vec<(&'static FnMeta, u64, *mut Interned)>,
+}
+
+impl FnPlan {
+    /// Applies `changes` to the functions' states (a site that jumps finds them), and returns
+    /// the keys that must follow, with the state they must be in.
+    pub(crate) fn new(
+        changes: &[FnChange<'_>],
+        keys: &mut Vec<(&'static StaticKey, bool)>,
+    ) -> Self {
+        let plan_state = state();
+        let mut undo = Vec::new();
+        let mut touched: Vec<&'static FnMeta> = Vec::new();
+        for change in changes {
+            let (metas, apply): (Vec<&'static FnMeta>, Box<dyn Fn(&FnMeta)>) = match *change {
+                FnChange::Tracer(t, on) => {
+                    let bit = t.bit();
+                    (
+                        t.metas.clone(),
+                        Box::new(move |m: &FnMeta| {
+                            if on {
+                                m.tracers.fetch_or(bit, Ordering::AcqRel);
+                            } else {
+                                m.tracers.fetch_and(!bit, Ordering::AcqRel);
+                            }
+                        }),
+                    )
+                }
+                FnChange::Replacement(r, on) => {
+                    let to = if on {
+                        (r.interned as *const Interned).cast_mut()
+                    } else {
+                        std::ptr::null_mut()
+                    };
+                    let mine = r.interned as *const Interned;
+                    (
+                        vec![r.meta],
+                        Box::new(move |m: &FnMeta| {
+                            // Reverting removes only this replacement, not a later one.
+                            if on || std::ptr::eq(m.replacement.load(Ordering::Acquire), mine) {
+                                m.replacement.store(to, Ordering::Release);
+                            }
+                        }),
+                    )
+                }
+            };
+            for meta in metas {
+                if !touched.iter().any(|t| std::ptr::eq(*t, meta)) {
+                    undo.push((
+                        meta,
+                        meta.tracers.load(Ordering::Acquire),
+                        meta.replacement.load(Ordering::Acquire),
+                    ));
+                    touched.push(meta);
+                }
+                apply(meta);
+            }
+        }
+        for meta in touched {
+            keys.push((meta.key, meta.wanted()));
+        }
+        FnPlan {
+            _state: plan_state,
+            undo,
+        }
     }
-    let mut tracer = Tracer {
-        slot,
-        metas,
-        active: true,
-    };
-    if let Err(e) = sync_keys(&tracer.metas) {
-        drop(_state);
-        let _ = tracer.remove();
-        return Err(e);
+
+    /// The batch failed: every function gets its state back.
+    pub(crate) fn abort(self) {
+        for (meta, tracers, replacement) in &self.undo {
+            meta.tracers.store(*tracers, Ordering::Release);
+            meta.replacement.store(*replacement, Ordering::Release);
+        }
     }
-    Ok(tracer)
 }
 
 /// Calls, total and maximum time of one function, as [`Profile::report`] gives them.
@@ -310,19 +388,18 @@ struct Counters {
 /// maximum time per function. Dropping it stops profiling.
 pub struct Profile {
     tracer: Tracer,
-    counters: Arc<Vec<(usize, Counters)>>,
+    /// By state address, as the exit hook looks them up.
+    counters: Arc<Vec<(usize, &'static str, Counters)>>,
 }
 
 impl Profile {
     /// One row per profiled function, most total time first.
     pub fn report(&self) -> Vec<ProfileRow> {
         let mut rows: Vec<ProfileRow> = self
-            .tracer
-            .metas
+            .counters
             .iter()
-            .zip(self.counters.iter())
-            .map(|(meta, (_, c))| ProfileRow {
-                name: meta.name,
+            .map(|(_, name, c)| ProfileRow {
+                name,
                 calls: c.calls.load(Ordering::Relaxed),
                 total: Duration::from_nanos(c.total_ns.load(Ordering::Relaxed)),
                 max: Duration::from_nanos(c.max_ns.load(Ordering::Relaxed)),
@@ -332,32 +409,32 @@ impl Profile {
         rows
     }
 
-    /// Stops profiling, in one batch.
-    pub fn disable(self) -> Result<()> {
-        self.tracer.disable()
+    /// The tracer that feeds it (to stop and start it, or put it in a batch).
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
     }
 }
 
-/// Profiles every patchable function whose path matches `pattern`.
+/// Starts profiling every patchable function whose path matches `pattern`.
 pub fn profile(pattern: &str) -> Result<Profile> {
     let index = functions()?;
-    let mut counters: Vec<(usize, Counters)> = index
+    let mut counters: Vec<(usize, &'static str, Counters)> = index
         .functions
         .iter()
         .filter(|(m, _)| glob::matches(pattern, m.name))
-        .map(|(m, _)| (*m as *const FnMeta as usize, Counters::default()))
+        .map(|(m, _)| (*m as *const FnMeta as usize, m.name, Counters::default()))
         .collect();
     counters.sort_unstable_by_key(|c| c.0);
     let counters = Arc::new(counters);
     let shared = counters.clone();
-    let tracer = install(
+    let tracer = Tracer::with_hooks(
         pattern,
         Hooks {
             entry: None,
             exit: Some(Box::new(move |exit: &Exit| {
                 let me = exit.meta() as *const FnMeta as usize;
                 if let Ok(i) = shared.binary_search_by_key(&me, |c| c.0) {
-                    let c = &shared[i].1;
+                    let c = &shared[i].2;
                     let ns = u64::try_from(exit.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     c.calls.fetch_add(1, Ordering::Relaxed);
                     c.total_ns.fetch_add(ns, Ordering::Relaxed);
@@ -366,23 +443,81 @@ pub fn profile(pattern: &str) -> Result<Profile> {
             })),
         },
     )?;
-    // The tracer's functions and the counters were both filtered from the same index by
-    // address order; keep the tracer's in the counters' order for `report`.
-    let mut tracer = tracer;
-    tracer.metas.sort_unstable_by_key(|m| *m as *const FnMeta as usize);
+    tracer.enable()?;
     Ok(Profile { tracer, counters })
 }
 
-static INTERNED: Mutex<Vec<&'static Replacement>> = Mutex::new(Vec::new());
+/// Which code (one instantiation of a function) is replaced, and by what. Interned and never
+/// freed, so a thread that loaded one can always read it.
+#[derive(PartialEq, Eq)]
+struct Interned {
+    code: usize,
+    target: usize,
+}
 
-fn intern(r: Replacement) -> &'static Replacement {
+static INTERNED: Mutex<Vec<&'static Interned>> = Mutex::new(Vec::new());
+
+fn intern(r: Interned) -> &'static Interned {
     let mut all = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(found) = all.iter().find(|x| ***x == r) {
         return found;
     }
-    let leaked: &'static Replacement = Box::leak(Box::new(r));
+    let leaked: &'static Interned = Box::leak(Box::new(r));
     all.push(leaked);
     leaked
+}
+
+/// A replacement of one patchable function by another of its signature (livepatch), made by
+/// [`replacement!`] (not yet installed) or [`replace!`] (installed). It stays installed when
+/// dropped, as livepatch's do; [`disable`](Self::disable) or [`revert`] removes it.
+pub struct Replacement {
+    meta: &'static FnMeta,
+    interned: &'static Interned,
+}
+
+impl Replacement {
+    /// The replaced function's Rust path.
+    pub fn name(&self) -> &'static str {
+        self.meta.name
+    }
+
+    /// Whether it is installed.
+    pub fn is_enabled(&self) -> bool {
+        std::ptr::eq(self.meta.replacement.load(Ordering::Acquire), self.interned)
+    }
+
+    /// Installs it: every later call of the function runs the replacement. A thread already
+    /// inside the function finishes there.
+    pub fn enable(&self) -> Result<crate::PatchStats> {
+        Batch::new().replace(self).commit()
+    }
+
+    /// Removes it (if it is the one installed): later calls run the function's own body again.
+    /// A thread already inside the replacement finishes there.
+    pub fn disable(&self) -> Result<crate::PatchStats> {
+        Batch::new().revert(self).commit()
+    }
+}
+
+/// Reverts every replaced function whose path matches `pattern`, in one batch. Returns how
+/// many were reverted.
+pub fn revert(pattern: &str) -> Result<usize> {
+    let index = functions()?;
+    let found: Vec<Replacement> = index
+        .functions
+        .iter()
+        .filter(|(m, _)| glob::matches(pattern, m.name))
+        .filter_map(|(meta, _)| {
+            // SAFETY: replacements are interned and never freed.
+            let interned = unsafe { meta.replacement.load(Ordering::Acquire).as_ref() }?;
+            Some(Replacement { meta, interned })
+        })
+        .collect();
+    found
+        .iter()
+        .fold(Batch::new(), |b, r| b.revert(r))
+        .commit()
+        .map(|_| found.len())
 }
 
 fn meta_of(code: usize) -> Result<&'static FnMeta> {
@@ -394,102 +529,48 @@ fn meta_of(code: usize) -> Result<&'static FnMeta> {
     })
 }
 
-/// A replacement installed by [`replace!`]. It stays installed when dropped, as livepatch's
-/// do; [`Replaced::revert`] or [`revert`] removes it.
-#[must_use = "keep it to revert the replacement, or call functions::revert by name"]
-pub struct Replaced {
-    meta: &'static FnMeta,
-}
-
-impl Replaced {
-    /// The replaced function's Rust path.
-    pub fn name(&self) -> &'static str {
-        self.meta.name
-    }
-
-    /// Later calls run the function's own body again. A thread already inside the
-    /// replacement finishes there.
-    pub fn revert(self) -> Result<()> {
-        let _state = state();
-        revert_locked(self.meta)
-    }
-}
-
-fn revert_locked(meta: &'static FnMeta) -> Result<()> {
-    let old = meta.replacement.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    sync_keys(&[meta]).map(drop).inspect_err(|_| {
-        meta.replacement.store(old, Ordering::Release);
-    })
-}
-
-/// Reverts every replaced function whose path matches `pattern`, in one batch. Returns how
-/// many were reverted.
-pub fn revert(pattern: &str) -> Result<usize> {
-    let index = functions()?;
-    let _state = state();
-    let mut reverted = Vec::new();
-    for (meta, _) in &index.functions {
-        if glob::matches(pattern, meta.name) {
-            let old = meta.replacement.swap(std::ptr::null_mut(), Ordering::AcqRel);
-            if !old.is_null() {
-                reverted.push((*meta, old));
-            }
-        }
-    }
-    let metas: Vec<&'static FnMeta> = reverted.iter().map(|r| r.0).collect();
-    match sync_keys(&metas) {
-        Ok(_) => Ok(metas.len()),
-        Err(e) => {
-            for (meta, old) in reverted {
-                meta.replacement.store(old, Ordering::Release);
-            }
-            Err(e)
-        }
-    }
-}
-
-/// [`replace!`]'s work: `pair` is `[f, g]`, coerced to one function pointer type.
+/// [`replacement!`]'s work: `pair` is `[f, g]`, coerced to one function pointer type.
 ///
 /// # Safety
 ///
-/// `P` must be a function pointer type (`replace!` checks it with `core::ptr::fn_addr_eq`,
+/// `P` must be a function pointer type (`replacement!` checks it with `core::ptr::fn_addr_eq`,
 /// which only takes function pointers).
 #[doc(hidden)]
-pub unsafe fn __replace<P: Copy>(pair: [P; 2]) -> Result<Replaced> {
+pub unsafe fn __replacement<P: Copy>(pair: [P; 2]) -> Result<Replacement> {
     const { assert!(size_of::<P>() == size_of::<usize>()) };
     // SAFETY: `P` is a function pointer (the caller's guarantee), the size of an address.
     let [f, g] = pair.map(|p| unsafe { std::mem::transmute_copy::<P, usize>(&p) });
     let meta = meta_of(f)?;
-    let _state = state();
-    let new = intern(Replacement { code: f, target: g });
-    let old = meta
-        .replacement
-        .swap((new as *const Replacement).cast_mut(), Ordering::AcqRel);
-    match sync_keys(&[meta]) {
-        Ok(_) => Ok(Replaced { meta }),
-        Err(e) => {
-            meta.replacement.store(old, Ordering::Release);
-            Err(e)
-        }
-    }
+    crate::os::TextMap::new()
+        .find(g, 1)
+        .ok_or_else(|| Error::Functions {
+            what: meta.name.to_owned(),
+            why: format!(
+                "replacement {} is not code in a loaded object",
+                crate::Location::of(g)
+            ),
+        })?;
+    Ok(Replacement {
+        meta,
+        interned: intern(Interned { code: f, target: g }),
+    })
 }
 
-/// Makes every later call of patchable function `f` run `g` instead, with the same arguments,
-/// and return its result (livepatch). Safe while threads call `f`: a thread already inside
-/// `f` finishes there. Returns a [`Replaced`]. `g` must have exactly `f`'s signature:
+/// A [`Replacement`] of patchable function `f` by `g`, not yet installed (to install it in a
+/// [`Batch`](crate::Batch) with other changes). `g` must have exactly `f`'s signature:
 ///
 /// ```compile_fail,E0308
 /// #[textpoke::patchable]
 /// fn parse(input: &str) -> usize { input.len() }
 /// fn wrong(input: &[u8]) -> usize { input.len() }
-/// let _ = textpoke::functions::replace!(parse, wrong); // error: mismatched types
+/// let _ = textpoke::functions::replacement!(parse, wrong); // error: mismatched types
 /// ```
 ///
-/// For a generic function, name the instantiation (`replace!(f::<u32>, g)`): each is replaced
-/// on its own. A replacement and tracers combine: the hooks run, then the replacement.
+/// For a generic function, name the instantiation (`replacement!(f::<u32>, g)`): each is
+/// replaced on its own. A replacement and tracers combine: the hooks run, then the replacement.
 #[macro_export]
 #[doc(hidden)]
-macro_rules! __functions_replace {
+macro_rules! __functions_replacement {
     ($f:expr, $g:expr $(,)?) => {{
         // An array's elements are coerced to one type: distinct function items of the same
         // signature become one function pointer type, and any other pair fails to build.
@@ -497,9 +578,22 @@ macro_rules! __functions_replace {
         // Builds only if that type is a function pointer (not a closure or an integer).
         let _ = ::core::ptr::fn_addr_eq(pair[0], pair[1]);
         // SAFETY: `pair` holds two function pointers of one type (checked just above).
-        unsafe { $crate::functions::__replace(pair) }
+        unsafe { $crate::functions::__replacement(pair) }
     }};
+}
+
+/// Makes every later call of patchable function `f` run `g` instead, with the same arguments,
+/// and return its result (livepatch), in one batch; returns the installed [`Replacement`].
+/// Safe while threads call `f`. See [`replacement!`] for the type check.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __functions_replace {
+    ($f:expr, $g:expr $(,)?) => {
+        $crate::functions::replacement!($f, $g).and_then(|r| r.enable().map(|_| r))
+    };
 }
 
 #[doc(inline)]
 pub use crate::__functions_replace as replace;
+#[doc(inline)]
+pub use crate::__functions_replacement as replacement;

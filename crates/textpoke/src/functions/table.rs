@@ -7,9 +7,9 @@
 //! site of the function's key, in `textpoke_jump_v2`.
 
 use super::FnMeta;
+use crate::Result;
 use crate::engine::PatchGuard;
 use crate::table::{IndexCell, Table};
-use crate::Result;
 
 /// Name of the section holding patchable-function entries.
 pub const FN_SECTION: &str = "textpoke_fn_v1";
@@ -75,13 +75,7 @@ fn build() -> Result<FnIndex> {
         // An offset of 0 resolves to the field itself: no code recorded.
         let code_field = entries.field(index, 1);
         let no_code = code_field == table.start + index * FN_ENTRY_SIZE + 4;
-        table.check_target(
-            object,
-            index,
-            meta,
-            size_of::<FnMeta>(),
-            FnMeta::SIGNATURE,
-        )?;
+        table.check_target(object, index, meta, size_of::<FnMeta>(), FnMeta::SIGNATURE)?;
         if !no_code {
             table.check_text(object, "function", code_field, 1)?;
         }
