@@ -36,7 +36,7 @@ use textpoke::{Batch, PatchStats};
 use textpoke_fixture::{GroupStats, Plugin};
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
-use crate::sites::{self, SiteGroup};
+use crate::sites::{self, SiteFns, SiteGroup};
 use crate::{BenchError, Result, peer, stats};
 
 /// What the busy threads run while static-keys' key is toggled.
@@ -52,7 +52,8 @@ pub enum PeerBusy {
 #[derive(Clone, Debug, clap::Args)]
 pub struct ToggleArgs {
     /// Sites controlled by the measured key; a comma list measures each size in turn.
-    /// Sizes: 1, 10, 100, 1000, 10000.
+    /// Sizes: 1, 10, 100, 1000, 10000, 100000 (not with --plugins: the plugin's groups stop at
+    /// 10000).
     #[arg(long, value_delimiter = ',', default_value = "10000")]
     pub sites: Vec<usize>,
     /// Threads calling every site of the measured key while it is toggled.
@@ -62,7 +63,8 @@ pub struct ToggleArgs {
     #[arg(long, default_value_t = 101)]
     pub samples: usize,
     /// Timed toggles of static-keys' key per size [default: as many as fit
-    /// --static-keys-budget-ms, at least 11 and at most --samples].
+    /// --static-keys-budget-ms, at most --samples and at least 11, or at least 5 where 11 would
+    /// take over a minute (about 100,000 sites)].
     #[arg(long)]
     pub static_keys_samples: Option<usize>,
     /// Time to spend on static-keys' timed toggles per size, in milliseconds, when
@@ -176,6 +178,17 @@ pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> 
             args.plugins
         )));
     }
+    if args.plugins > 0
+        && let Some(n) = args
+            .sites
+            .iter()
+            .find(|n| !textpoke_fixture::GROUP_SIZES.contains(n))
+    {
+        return Err(BenchError::new(format!(
+            "--plugins: the plugin has no group of {n} sites; its sizes are {:?}",
+            textpoke_fixture::GROUP_SIZES
+        )));
+    }
     peer::init();
     let plugins = load_plugins(args.plugins)?;
     let result = groups
@@ -186,6 +199,17 @@ pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> 
     let _ = textpoke_fixture::remove_files();
     result
 }
+
+/// Fewest timed static-keys toggles per size, unless they would take over
+/// [`PEER_FLOOR_BUDGET_US`].
+const PEER_MIN_SAMPLES: usize = 11;
+
+/// Fewest timed static-keys toggles per size however slow they are.
+const PEER_MIN_SAMPLES_SLOW: usize = 5;
+
+/// Time that [`PEER_MIN_SAMPLES`] static-keys toggles may take, in µs; slower toggles get fewer
+/// samples, down to [`PEER_MIN_SAMPLES_SLOW`].
+const PEER_FLOOR_BUDGET_US: f64 = 60e6;
 
 /// Most plugins `--plugins` takes (each copy is a file of its own, about 11 MB).
 pub const MAX_PLUGINS: usize = 32;
@@ -244,44 +268,50 @@ fn expected_peer_entries(size: usize) -> usize {
 pub fn verify(group: &SiteGroup) -> Result<()> {
     let n = group.size;
     let found = group.textpoke_key.sites()?.len();
-    if found != n || group.textpoke_sites.len() != n {
+    if found != n || group.textpoke_sites.sites() != n {
         return Err(BenchError::new(format!(
             "textpoke's key for the {n}-site group controls {found} sites and the group has {} \
-             site functions; expected {n} of each (were site functions merged or dropped?)",
-            group.textpoke_sites.len()
+             sites in its functions; expected {n} of each (were site functions merged or \
+             dropped?)",
+            group.textpoke_sites.sites()
         )));
     }
     let found = peer::entries_of(group.static_keys_key)?;
     let want = expected_peer_entries(n);
-    if found != want || group.static_keys_sites.len() != n {
+    if found != want || group.static_keys_sites.sites() != n {
         return Err(BenchError::new(format!(
             "static-keys' key for the {n}-site group has {found} table entries and the group has \
-             {} site functions; expected {want} and {n} (were site functions merged or dropped?)",
-            group.static_keys_sites.len()
+             {} sites in its functions; expected {want} and {n} (were site functions merged or \
+             dropped?)",
+            group.static_keys_sites.sites()
         )));
     }
     Ok(())
 }
 
-/// Fails unless every site returns `want`.
-fn check_sites(lib: &str, sites: &[fn() -> bool], want: bool) -> Result<()> {
-    match sites.iter().position(|f| f() != want) {
+/// Fails unless every site takes the enabled path exactly when `want`.
+fn check_sites(lib: &str, sites: SiteFns, want: bool) -> Result<()> {
+    let expected = if want { sites.per_fn } else { 0 };
+    let found = sites
+        .fns
+        .iter()
+        .map(|f| f())
+        .enumerate()
+        .find(|&(_, m)| m != expected);
+    match found {
         None => Ok(()),
-        Some(i) => Err(BenchError::new(format!(
-            "{lib} site {i} of {} returns {} while its key is {}",
-            sites.len(),
-            !want,
+        Some((i, m)) => Err(BenchError::new(format!(
+            "{m} of the {} {lib} sites of site function {i} (of {}) took the enabled path while \
+             their key is {}",
+            sites.per_fn,
+            sites.fns.len(),
             if want { "enabled" } else { "disabled" }
         ))),
     }
 }
 
 /// Enables and disables a key, checking every site after each.
-fn check_toggle(
-    lib: &str,
-    sites: &[fn() -> bool],
-    mut set: impl FnMut(bool) -> Result<()>,
-) -> Result<()> {
+fn check_toggle(lib: &str, sites: SiteFns, mut set: impl FnMut(bool) -> Result<()>) -> Result<()> {
     check_sites(lib, sites, false)?;
     set(true)?;
     check_sites(lib, sites, true)?;
@@ -348,14 +378,14 @@ fn with_threads<T, R: Send>(
     })
 }
 
-/// Runs `body` while `threads` threads call every function in `sites` over and over, busy
+/// Runs `body` while `threads` threads run every site in `sites` over and over, busy
 /// thread `i` pinned to `placement.busy_cpu(i)` when there is a placement. Returns what `body`
-/// returned and the number of calls the threads made. The threads have each made one full pass
+/// returned and the number of site runs the threads made. The threads have each made one full pass
 /// before `body` starts, and are stopped and joined before this returns.
 fn with_busy_threads<T>(
     threads: usize,
     placement: Option<&Placement>,
-    sites: &'static [fn() -> bool],
+    sites: SiteFns,
     body: impl FnOnce() -> Result<T>,
 ) -> Result<(T, u64)> {
     let stop = AtomicBool::new(false);
@@ -364,9 +394,7 @@ fn with_busy_threads<T>(
         let sites = black_box(sites);
         let mut passes = 0u64;
         loop {
-            for f in sites {
-                black_box(f());
-            }
+            black_box(sites.run());
             passes += 1;
             if passes == 1 {
                 ready.fetch_add(1, Ordering::Release);
@@ -385,7 +413,7 @@ fn with_busy_threads<T>(
         }
         body()
     })?;
-    Ok((value, passes.iter().sum::<u64>() * sites.len() as u64))
+    Ok((value, passes.iter().sum::<u64>() * sites.sites() as u64))
 }
 
 /// Runs `body` while `threads` busy threads each run `run(t)` over and over, for the target
@@ -535,7 +563,11 @@ pub fn measure(
                     let warm = time_toggles(2, set_peer)?;
                     let per_toggle = warm.iter().copied().fold(1.0, f64::max);
                     let fit = (args.static_keys_budget_ms as f64 * 1e3 / per_toggle) as usize;
-                    let floor = 11.min(args.samples);
+                    // At 100,000 sites a static-keys toggle takes seconds: 11 of them would
+                    // make the run last minutes per size for little more accuracy.
+                    let floor = ((PEER_FLOOR_BUDGET_US / per_toggle) as usize)
+                        .clamp(PEER_MIN_SAMPLES_SLOW, PEER_MIN_SAMPLES)
+                        .min(args.samples);
                     (fit.clamp(floor, args.samples.max(floor)) - 1) | 1
                 }
             };
@@ -563,12 +595,12 @@ pub fn measure(
         textpoke_busy_calls,
         static_keys_busy_calls,
         note: note(
-            n,
+            group,
             args.busy_threads,
             peer_busy,
             placement.as_ref(),
             plugins.len(),
-        ),
+        ) + &peer_samples_note(args, &peer_times),
         plugin: plugin.map(|mut p| {
             p.plugin_ratio = p.plugin_us_median / textpoke_us_median;
             p
@@ -596,9 +628,9 @@ fn measure_with_plugins(
     let sites = black_box(group.textpoke_sites);
     // Target 0 is the executable's key, target 1 + i plugin i's.
     let run = |t: usize| match t.checked_sub(1) {
-        None => sites.iter().for_each(|f| {
-            black_box(f());
-        }),
+        None => {
+            black_box(sites.run());
+        }
         Some(i) => {
             black_box(plugins[i].group_run(n));
         }
@@ -680,18 +712,42 @@ pub fn textpoke_table_bytes_per_site() -> Result<f64> {
     })
 }
 
+/// Says when static-keys got fewer timed toggles than usual, because each took so long.
+fn peer_samples_note(args: &ToggleArgs, peer_times: &[f64]) -> String {
+    let usual = PEER_MIN_SAMPLES.min(args.samples);
+    if args.static_keys_samples.is_some() || peer_times.len() >= usual {
+        return String::new();
+    }
+    format!(
+        "; static-keys' timed toggles were BOUNDED to {} (median {:.1} s each): fewer than \
+         {usual} where {usual} would take over {:.0} s, never fewer than \
+         {PEER_MIN_SAMPLES_SLOW}, so its median and p90 are rough",
+        peer_times.len(),
+        stats::median(peer_times) / 1e6,
+        PEER_FLOOR_BUDGET_US / 1e6
+    )
+}
+
 fn note(
-    n: usize,
+    group: &SiteGroup,
     busy: usize,
     peer_busy: usize,
     placement: Option<&Placement>,
     plugins: usize,
 ) -> String {
+    let n = group.size;
     let mut note = format!(
         "each library toggled one key controlling exactly {n} sites (counts verified from both \
          tables, every site's value checked after enable and disable), alternating \
          enable/disable, timing each toggle"
     );
+    if group.textpoke_sites.per_fn > 1 {
+        note.push_str(&format!(
+            "; the sites are {} functions of {} sites each, for both libraries",
+            group.textpoke_sites.fns.len(),
+            group.textpoke_sites.per_fn
+        ));
+    }
     if plugins > 0 {
         note.push_str(&format!(
             "; textpoke's key was toggled in turn with a key of {n} sites in each of {plugins} \
