@@ -56,6 +56,28 @@ pub struct SiteGroup {
     pub static_keys_sites: SiteFns,
 }
 
+/// Defines `$fn::<I>`, a site function holding `$per_fn` sites `$lib::static_branch_unlikely!
+/// ($key)`, returning how many took the enabled path.
+macro_rules! site_fn {
+    ($fn:ident, $lib:ident, $key:ident, $per_fn:literal) => {
+        #[inline(never)]
+        fn $fn<const I: usize>() -> usize {
+            let mut enabled = 0;
+            seq_macro::seq!(J in 0..$per_fn {
+                // static-keys' macro holds an `unsafe` block: sound, since it only emits a
+                // NOP/JMP site and its table entry for a key that is a `static` of its own type.
+                if $lib::static_branch_unlikely!($key) {
+                    // Makes every site distinct, so none is merged with another.
+                    std::hint::black_box(const { I * $per_fn + J });
+                    enabled = usize::wrapping_add(enabled, 1);
+                }
+            });
+            enabled
+        }
+    };
+}
+use site_fn;
+
 macro_rules! site_group {
     ($name:ident, $fns:literal, $per_fn:literal) => {
         #[doc = concat!(
@@ -69,33 +91,8 @@ macro_rules! site_group {
             /// Sites in each site function of this group.
             pub const PER_FN: usize = $per_fn;
 
-            #[inline(never)]
-            fn textpoke_site<const I: usize>() -> usize {
-                let mut enabled = 0;
-                seq_macro::seq!(J in 0..$per_fn {
-                    if textpoke::static_branch_unlikely!(TEXTPOKE_KEY) {
-                        // Makes every site distinct, so none is merged with another.
-                        std::hint::black_box(const { I * $per_fn + J });
-                        enabled = usize::wrapping_add(enabled, 1);
-                    }
-                });
-                enabled
-            }
-
-            #[inline(never)]
-            fn static_keys_site<const I: usize>() -> usize {
-                let mut enabled = 0;
-                seq_macro::seq!(J in 0..$per_fn {
-                    // SAFETY: the macro's `unsafe` only emits static-keys' NOP/JMP site and its
-                    // table entry for a key that is a `static` of static-keys' own type.
-                    if static_keys::static_branch_unlikely!(STATIC_KEYS_KEY) {
-                        // Makes every site distinct, so none is merged with another.
-                        std::hint::black_box(const { I * $per_fn + J });
-                        enabled = usize::wrapping_add(enabled, 1);
-                    }
-                });
-                enabled
-            }
+            super::site_fn!(textpoke_site, textpoke, TEXTPOKE_KEY, $per_fn);
+            super::site_fn!(static_keys_site, static_keys, STATIC_KEYS_KEY, $per_fn);
 
             seq_macro::seq!(I in 0..$fns {
                 /// Every textpoke site function of this group.
