@@ -22,6 +22,11 @@
 //! `textpoke_us_median` then comes from these interleaved toggles, and `plugin_us_median` (over
 //! every plugin toggle) and `plugin_ratio` are added to the row.
 //!
+//! After the sizes, the run's one-site floor ([`FloorRow`]): textpoke's 1-site key toggled
+//! `samples` times, each toggle followed by one timed `membarrier(SYNC_CORE)`, beside one busy
+//! thread running the site, so that the ratio of the two medians compares costs met under the
+//! same load. With `--plot`, the rows are then drawn into an SVG (see [`crate::plot`]).
+//!
 //! static-keys patches each site by swapping in a patched copy of its page with `mremap`, and its
 //! docs call toggling while other threads run unsupported. By default its busy threads run its
 //! own sites anyway, so that both libraries work under the same load; the `note` of every row
