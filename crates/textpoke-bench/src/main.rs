@@ -1,7 +1,8 @@
 //! `textpoke-bench`: textpoke measured side by side with its peers, in one process.
 //!
 //! - `toggle`: wall time to flip one key that controls N sites while busy threads run them,
-//!   textpoke against static-keys 0.8.2, plus table bytes per site for both;
+//!   textpoke against static-keys 0.8.2, plus table bytes per site for both, and the run's
+//!   one-site floor (a 1-site toggle against one membarrier); `--plot` draws it as an SVG;
 //! - `branch`: ns per iteration of a loop over one disabled branch: textpoke, `AtomicBool`,
 //!   static-keys, and an empty loop;
 //! - `call`: ns per call of a direct call, a textpoke static call, a function pointer loaded from
@@ -24,6 +25,7 @@ mod call;
 mod cold;
 mod dispatch;
 mod peer;
+mod plot;
 mod raw;
 mod sites;
 mod stats;
@@ -120,11 +122,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Toggle(args) => {
             if args.json {
-                toggle::run(&args, &mut |row| print_line(&serde_json::to_string(row)?))
+                let floor =
+                    toggle::run(&args, &mut |row| print_line(&serde_json::to_string(row)?))?;
+                print_line(&serde_json::to_string(&floor)?)
             } else {
                 let mut table = toggle::TablePrinter::new();
-                toggle::run(&args, &mut |row| table.row(row))?;
-                table.finish()
+                let floor = toggle::run(&args, &mut |row| table.row(row))?;
+                table.finish(&floor)
             }
         }
         Command::Branch(args) => {

@@ -186,7 +186,7 @@ fn note(
 }
 
 /// Registers this process for SYNC_CORE membarriers (idempotent, like textpoke's own).
-fn register_sync_core() -> Result<()> {
+pub fn register_sync_core() -> Result<()> {
     if !membarrier_query().contains_command(MembarrierCommand::PrivateExpeditedSyncCore) {
         return Err(BenchError::new(
             "membarrier does not offer PRIVATE_EXPEDITED_SYNC_CORE on this kernel",
@@ -199,8 +199,8 @@ fn register_sync_core() -> Result<()> {
     })
 }
 
-/// One core serialization, as textpoke makes three per batch.
-fn sync_core() -> Result<()> {
+/// One core serialization, as textpoke makes per batch (three, or two with fewer phases).
+pub fn sync_core() -> Result<()> {
     membarrier(MembarrierCommand::PrivateExpeditedSyncCore)
         .map_err(|e| BenchError::new(format!("membarrier(PRIVATE_EXPEDITED_SYNC_CORE): {e}")))
 }
@@ -211,12 +211,9 @@ fn time_each(samples: usize, warmup: usize, mut op: impl FnMut() -> Result<()>) 
     for _ in 0..warmup {
         op()?;
     }
-    let mut us = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let start = Instant::now();
-        op()?;
-        us.push(start.elapsed().as_secs_f64() * 1e6);
-    }
+    let us = (0..samples)
+        .map(|_| stats::time_us(&mut op))
+        .collect::<Result<Vec<f64>>>()?;
     Ok(stats::median(&us))
 }
 

@@ -1,4 +1,15 @@
-//! Order statistics of samples.
+//! Order statistics of samples, and the timer that takes them.
+
+use std::time::Instant;
+
+use crate::Result;
+
+/// Runs `op` once; its wall time in microseconds.
+pub fn time_us(op: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    op()?;
+    Ok(start.elapsed().as_secs_f64() * 1e6)
+}
 
 /// The median of `samples` (mean of the two middle values for an even count; 0 when empty).
 pub fn median(samples: &[f64]) -> f64 {

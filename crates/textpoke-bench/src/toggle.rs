@@ -22,6 +22,11 @@
 //! `textpoke_us_median` then comes from these interleaved toggles, and `plugin_us_median` (over
 //! every plugin toggle) and `plugin_ratio` are added to the row.
 //!
+//! After the sizes, the run's one-site floor ([`FloorRow`]): textpoke's 1-site key toggled
+//! `samples` times, each toggle followed by one timed `membarrier(SYNC_CORE)`, beside one busy
+//! thread running the site, so that the ratio of the two medians compares costs met under the
+//! same load. With `--plot`, the rows are then drawn into an SVG (see [`crate::plot`]).
+//!
 //! static-keys patches each site by swapping in a patched copy of its page with `mremap`, and its
 //! docs call toggling while other threads run unsupported. By default its busy threads run its
 //! own sites anyway, so that both libraries work under the same load; the `note` of every row
@@ -29,15 +34,14 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use serde::Serialize;
 use textpoke::{Batch, PatchStats};
 use textpoke_fixture::{GroupStats, Plugin};
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
-use crate::sites::{self, SiteGroup};
-use crate::{BenchError, Result, peer, stats};
+use crate::sites::{self, SiteFns, SiteGroup};
+use crate::{BenchError, Result, peer, plot, raw, stats};
 
 /// What the busy threads run while static-keys' key is toggled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,7 +56,8 @@ pub enum PeerBusy {
 #[derive(Clone, Debug, clap::Args)]
 pub struct ToggleArgs {
     /// Sites controlled by the measured key; a comma list measures each size in turn.
-    /// Sizes: 1, 10, 100, 1000, 10000.
+    /// Sizes: 1, 10, 100, 1000, 10000, 100000 (not with --plugins: the plugin's groups stop at
+    /// 10000).
     #[arg(long, value_delimiter = ',', default_value = "10000")]
     pub sites: Vec<usize>,
     /// Threads calling every site of the measured key while it is toggled.
@@ -62,7 +67,8 @@ pub struct ToggleArgs {
     #[arg(long, default_value_t = 101)]
     pub samples: usize,
     /// Timed toggles of static-keys' key per size [default: as many as fit
-    /// --static-keys-budget-ms, at least 11 and at most --samples].
+    /// --static-keys-budget-ms, at most --samples and at least 11, or at least 5 where 11 would
+    /// take over a minute (about 100,000 sites)].
     #[arg(long)]
     pub static_keys_samples: Option<usize>,
     /// Time to spend on static-keys' timed toggles per size, in milliseconds, when
@@ -80,9 +86,14 @@ pub struct ToggleArgs {
     /// busy threads to different CPUs.
     #[arg(long)]
     pub no_pin: bool,
-    /// Print one JSON object per size on stdout instead of a table.
+    /// Print one JSON object per size on stdout instead of a table, then one for the run's
+    /// one-site floor.
     #[arg(long)]
     pub json: bool,
+    /// Also draw median µs per toggle against sites, log-log, for both libraries, into this
+    /// SVG file (after the run).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// One size's results.
@@ -126,6 +137,94 @@ pub struct ToggleRow {
     pub plugin: Option<PluginRow>,
 }
 
+/// The one-site floor of a run, printed once after the rows: a toggle of textpoke's 1-site key
+/// against one core serialization, both beside one busy thread running that site, timed in
+/// turn (a toggle, then a membarrier, and again) so that both meet the same load and noise.
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorRow {
+    /// Median wall time of one toggle of textpoke's 1-site key while one busy thread runs that
+    /// site, in µs.
+    pub one_site_us: f64,
+    /// Median wall time of one `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` while
+    /// the same busy thread runs the same site, in µs.
+    pub membarrier_us: f64,
+    /// `one_site_us / membarrier_us` (the project's target: at most 2.5).
+    pub one_site_over_membarrier: f64,
+    /// Core serializations per 1-site toggle (median over the samples, from `PatchStats`):
+    /// about this many times `membarrier_us` of `one_site_us` is the protocol's floor.
+    pub one_site_syncs: usize,
+    /// `pwrite` calls per 1-site toggle (median over the samples, from `PatchStats`).
+    pub one_site_writes: usize,
+    /// Timed toggles, and as many timed membarriers (`--samples`).
+    pub floor_samples: usize,
+    /// Site calls the busy thread made while both were timed.
+    pub floor_busy_calls: u64,
+    /// How the floor was measured.
+    pub floor_note: String,
+}
+
+/// Busy threads beside the one-site floor's toggles and membarriers, whatever `--busy-threads`
+/// says: the floor is defined against one.
+const FLOOR_BUSY_THREADS: usize = 1;
+
+/// Warm-up membarriers before the floor's timed ones (the first after a pause is slower).
+const FLOOR_WARMUP: usize = 10;
+
+/// Measures the one-site floor: `args.samples` toggles of textpoke's 1-site key, each followed
+/// by one timed `membarrier(SYNC_CORE)`, beside [`FLOOR_BUSY_THREADS`] busy thread running
+/// the site, placed as the rows' threads are.
+pub fn measure_floor(args: &ToggleArgs) -> Result<FloorRow> {
+    let group = sites::group(1).ok_or_else(|| BenchError::new("no group of 1 site"))?;
+    verify(group)?;
+    raw::register_sync_core()?;
+    let (_restore, placement) = place(args.no_pin)?;
+    let mut stats: Vec<PatchStats> = Vec::with_capacity(args.samples + 3);
+    let mut set = textpoke_setter(group, &mut stats);
+    check_toggle("textpoke", group.textpoke_sites, &mut set)?;
+    let mut barriers = Vec::with_capacity(args.samples);
+    let (toggles, busy_calls) = with_busy_threads(
+        FLOOR_BUSY_THREADS,
+        placement.as_ref(),
+        group.textpoke_sites,
+        || {
+            (0..FLOOR_WARMUP).try_for_each(|_| raw::sync_core())?;
+            time_toggles(args.samples, &mut set, || {
+                barriers.push(stats::time_us(raw::sync_core)?);
+                Ok(())
+            })
+        },
+    )?;
+    drop(set);
+    check_sites("textpoke", group.textpoke_sites, false)?;
+    let (writes, syncs) = timed_writes_and_syncs(&stats, args.samples);
+    let one_site_us = stats::median(&toggles);
+    let membarrier_us = stats::median(&barriers);
+    let mut floor_note = format!(
+        "{} toggles of textpoke's 1-site key (alternating enable/disable), each followed by one \
+         membarrier(PRIVATE_EXPEDITED_SYNC_CORE) timed on its own, after {FLOOR_WARMUP} \
+         untimed membarriers, all beside {FLOOR_BUSY_THREADS} busy thread running the site \
+         (whatever --busy-threads says); {syncs} core syncs and {writes} pwrites per toggle",
+        args.samples
+    );
+    match &placement {
+        Some(p) => floor_note.push_str(&format!("; {}", p.describe(FLOOR_BUSY_THREADS))),
+        None => floor_note.push_str("; threads placed by the scheduler (--no-pin)"),
+    }
+    if cfg!(debug_assertions) {
+        floor_note.push_str("; DEBUG BUILD: not representative");
+    }
+    Ok(FloorRow {
+        one_site_us,
+        membarrier_us,
+        one_site_over_membarrier: one_site_us / membarrier_us,
+        one_site_syncs: syncs,
+        one_site_writes: writes,
+        floor_samples: toggles.len(),
+        floor_busy_calls: busy_calls,
+        floor_note,
+    })
+}
+
 /// The plugin part of a row (`--plugins N`).
 #[derive(Clone, Debug, Serialize)]
 pub struct PluginRow {
@@ -149,8 +248,9 @@ pub struct PluginRow {
     pub plugin_busy_calls: u64,
 }
 
-/// Measures every size in `args.sites`, handing each row to `out` as soon as it is ready.
-pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> Result<()> {
+/// Measures every size in `args.sites`, handing each row to `out` as soon as it is ready, then
+/// the one-site floor, which it returns; with `--plot`, draws the rows into that file last.
+pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> Result<FloorRow> {
     if args.sites.is_empty() {
         return Err(BenchError::new("--sites names no size"));
     }
@@ -176,16 +276,55 @@ pub fn run(args: &ToggleArgs, out: &mut dyn FnMut(&ToggleRow) -> Result<()>) -> 
             args.plugins
         )));
     }
+    if args.plugins > 0
+        && let Some(n) = args
+            .sites
+            .iter()
+            .find(|n| !textpoke_fixture::GROUP_SIZES.contains(n))
+    {
+        return Err(BenchError::new(format!(
+            "--plugins: the plugin has no group of {n} sites; its sizes are {:?}",
+            textpoke_fixture::GROUP_SIZES
+        )));
+    }
+    if let Some(path) = &args.plot {
+        // A run can take minutes: a path that cannot be written fails now, not after it.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| BenchError::new(format!("--plot {}: {e}", path.display())))?;
+    }
     peer::init();
     let plugins = load_plugins(args.plugins)?;
-    let result = groups
-        .into_iter()
-        .try_for_each(|group| out(&measure(group, args, &plugins)?));
+    let mut rows = Vec::new();
+    let result: Result<()> = groups.into_iter().try_for_each(|group| {
+        let row = measure(group, args, &plugins)?;
+        out(&row)?;
+        rows.push(row);
+        Ok(())
+    });
     drop(plugins);
     // Best effort: the files are temporary copies of the embedded plugin.
     let _ = textpoke_fixture::remove_files();
-    result
+    result?;
+    let floor = measure_floor(args)?;
+    if let Some(path) = &args.plot {
+        plot::write_toggle_svg(path, &rows, &floor)?;
+    }
+    Ok(floor)
 }
+
+/// Fewest timed static-keys toggles per size, unless they would take over
+/// [`PEER_FLOOR_BUDGET_US`].
+const PEER_MIN_SAMPLES: usize = 11;
+
+/// Fewest timed static-keys toggles per size however slow they are.
+const PEER_MIN_SAMPLES_SLOW: usize = 5;
+
+/// Time that [`PEER_MIN_SAMPLES`] static-keys toggles may take, in µs; slower toggles get fewer
+/// samples, down to [`PEER_MIN_SAMPLES_SLOW`].
+const PEER_FLOOR_BUDGET_US: f64 = 60e6;
 
 /// Most plugins `--plugins` takes (each copy is a file of its own, about 11 MB).
 pub const MAX_PLUGINS: usize = 32;
@@ -244,44 +383,50 @@ fn expected_peer_entries(size: usize) -> usize {
 pub fn verify(group: &SiteGroup) -> Result<()> {
     let n = group.size;
     let found = group.textpoke_key.sites()?.len();
-    if found != n || group.textpoke_sites.len() != n {
+    if found != n || group.textpoke_sites.sites() != n {
         return Err(BenchError::new(format!(
             "textpoke's key for the {n}-site group controls {found} sites and the group has {} \
-             site functions; expected {n} of each (were site functions merged or dropped?)",
-            group.textpoke_sites.len()
+             sites in its functions; expected {n} of each (were site functions merged or \
+             dropped?)",
+            group.textpoke_sites.sites()
         )));
     }
     let found = peer::entries_of(group.static_keys_key)?;
     let want = expected_peer_entries(n);
-    if found != want || group.static_keys_sites.len() != n {
+    if found != want || group.static_keys_sites.sites() != n {
         return Err(BenchError::new(format!(
             "static-keys' key for the {n}-site group has {found} table entries and the group has \
-             {} site functions; expected {want} and {n} (were site functions merged or dropped?)",
-            group.static_keys_sites.len()
+             {} sites in its functions; expected {want} and {n} (were site functions merged or \
+             dropped?)",
+            group.static_keys_sites.sites()
         )));
     }
     Ok(())
 }
 
-/// Fails unless every site returns `want`.
-fn check_sites(lib: &str, sites: &[fn() -> bool], want: bool) -> Result<()> {
-    match sites.iter().position(|f| f() != want) {
+/// Fails unless every site takes the enabled path exactly when `want`.
+fn check_sites(lib: &str, sites: SiteFns, want: bool) -> Result<()> {
+    let expected = if want { sites.per_fn } else { 0 };
+    let found = sites
+        .fns
+        .iter()
+        .map(|f| f())
+        .enumerate()
+        .find(|&(_, m)| m != expected);
+    match found {
         None => Ok(()),
-        Some(i) => Err(BenchError::new(format!(
-            "{lib} site {i} of {} returns {} while its key is {}",
-            sites.len(),
-            !want,
+        Some((i, m)) => Err(BenchError::new(format!(
+            "{m} of the {} {lib} sites of site function {i} (of {}) took the enabled path while \
+             their key is {}",
+            sites.per_fn,
+            sites.fns.len(),
             if want { "enabled" } else { "disabled" }
         ))),
     }
 }
 
 /// Enables and disables a key, checking every site after each.
-fn check_toggle(
-    lib: &str,
-    sites: &[fn() -> bool],
-    mut set: impl FnMut(bool) -> Result<()>,
-) -> Result<()> {
+fn check_toggle(lib: &str, sites: SiteFns, mut set: impl FnMut(bool) -> Result<()>) -> Result<()> {
     check_sites(lib, sites, false)?;
     set(true)?;
     check_sites(lib, sites, true)?;
@@ -348,14 +493,14 @@ fn with_threads<T, R: Send>(
     })
 }
 
-/// Runs `body` while `threads` threads call every function in `sites` over and over, busy
+/// Runs `body` while `threads` threads run every site in `sites` over and over, busy
 /// thread `i` pinned to `placement.busy_cpu(i)` when there is a placement. Returns what `body`
-/// returned and the number of calls the threads made. The threads have each made one full pass
+/// returned and the number of site runs the threads made. The threads have each made one full pass
 /// before `body` starts, and are stopped and joined before this returns.
 fn with_busy_threads<T>(
     threads: usize,
     placement: Option<&Placement>,
-    sites: &'static [fn() -> bool],
+    sites: SiteFns,
     body: impl FnOnce() -> Result<T>,
 ) -> Result<(T, u64)> {
     let stop = AtomicBool::new(false);
@@ -364,9 +509,7 @@ fn with_busy_threads<T>(
         let sites = black_box(sites);
         let mut passes = 0u64;
         loop {
-            for f in sites {
-                black_box(f());
-            }
+            black_box(sites.run());
             passes += 1;
             if passes == 1 {
                 ready.fetch_add(1, Ordering::Release);
@@ -385,7 +528,7 @@ fn with_busy_threads<T>(
         }
         body()
     })?;
-    Ok((value, passes.iter().sum::<u64>() * sites.len() as u64))
+    Ok((value, passes.iter().sum::<u64>() * sites.sites() as u64))
 }
 
 /// Runs `body` while `threads` busy threads each run `run(t)` over and over, for the target
@@ -441,19 +584,63 @@ fn with_switching_busy_threads<T>(
 }
 
 /// Toggles `samples` times, alternating enable (first) and disable, timing each toggle in
-/// microseconds. Leaves the key disabled.
-fn time_toggles(samples: usize, mut set: impl FnMut(bool) -> Result<()>) -> Result<Vec<f64>> {
+/// microseconds, and runs `between` after each (outside the timer). Leaves the key disabled.
+fn time_toggles(
+    samples: usize,
+    mut set: impl FnMut(bool) -> Result<()>,
+    mut between: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
     let mut times = Vec::with_capacity(samples);
     for i in 0..samples {
-        let on = i % 2 == 0;
-        let start = Instant::now();
-        set(on)?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
+        times.push(stats::time_us(|| set(i % 2 == 0))?);
+        between()?;
     }
     if samples % 2 == 1 {
         set(false)?;
     }
     Ok(times)
+}
+
+/// Pins the calling thread to the patcher's CPU of a placement over the CPUs it may use, unless
+/// `no_pin`; the guard gives the thread its mask back when dropped.
+fn place(no_pin: bool) -> Result<(RestoreAffinity, Option<Placement>)> {
+    let saved = affinity::current()?;
+    let restore = RestoreAffinity(saved);
+    if no_pin {
+        return Ok((restore, None));
+    }
+    let p = Placement::over(&saved.cpus())?;
+    CpuMask::only(p.main).apply()?;
+    Ok((restore, Some(p)))
+}
+
+/// Sets `group`'s textpoke key in a batch of its own, failing unless the batch patched exactly
+/// the group's sites; each batch's `PatchStats` go to `stats`.
+fn textpoke_setter<'a>(
+    group: &'static SiteGroup,
+    stats: &'a mut Vec<PatchStats>,
+) -> impl FnMut(bool) -> Result<()> + 'a {
+    move |on| {
+        let s = Batch::new().set(group.textpoke_key, on).commit()?;
+        if s.sites != group.size {
+            return Err(BenchError::new(format!(
+                "a textpoke toggle of the {}-site key patched {} sites",
+                group.size, s.sites
+            )));
+        }
+        stats.push(s);
+        Ok(())
+    }
+}
+
+/// The median `pwrite` calls and core serializations of the timed batches in `stats`, which
+/// follow the two untimed ones of [`check_toggle`].
+fn timed_writes_and_syncs(stats: &[PatchStats], samples: usize) -> (usize, usize) {
+    let timed = &stats[2..2 + samples];
+    (
+        stats::median_usize(timed.iter().map(|s| s.writes)),
+        stats::median_usize(timed.iter().map(|s| s.syncs)),
+    )
 }
 
 /// Measures one group: textpoke first (interleaved with the plugins' keys of the same size, if
@@ -465,37 +652,18 @@ pub fn measure(
 ) -> Result<ToggleRow> {
     let n = group.size;
     verify(group)?;
-    let saved = affinity::current()?;
-    let _restore = RestoreAffinity(saved);
-    let placement = if args.no_pin {
-        None
-    } else {
-        let p = Placement::over(&saved.cpus())?;
-        CpuMask::only(p.main).apply()?;
-        Some(p)
-    };
+    let (_restore, placement) = place(args.no_pin)?;
 
     // textpoke.
-    let key = group.textpoke_key;
-    let mut stats: Vec<PatchStats> = Vec::with_capacity(args.samples + 1);
-    let mut set_textpoke = |on: bool| -> Result<()> {
-        let s = Batch::new().set(key, on).commit()?;
-        if s.sites != n {
-            return Err(BenchError::new(format!(
-                "a textpoke toggle of the {n}-site key patched {} sites",
-                s.sites
-            )));
-        }
-        stats.push(s);
-        Ok(())
-    };
+    let mut stats: Vec<PatchStats> = Vec::with_capacity(args.samples + 3);
+    let mut set_textpoke = textpoke_setter(group, &mut stats);
     check_toggle("textpoke", group.textpoke_sites, &mut set_textpoke)?;
     let (textpoke_times, textpoke_busy_calls, plugin) = if plugins.is_empty() {
         let (times, busy_calls) = with_busy_threads(
             args.busy_threads,
             placement.as_ref(),
             group.textpoke_sites,
-            || time_toggles(args.samples, &mut set_textpoke),
+            || time_toggles(args.samples, &mut set_textpoke, || Ok(())),
         )?;
         (times, busy_calls, None)
     } else {
@@ -504,9 +672,8 @@ pub fn measure(
         (times, busy_calls, Some(p))
     };
     check_sites("textpoke", group.textpoke_sites, false)?;
-    let timed_stats = &stats[2..2 + args.samples];
-    let writes = stats::median_usize(timed_stats.iter().map(|s| s.writes));
-    let syncs = stats::median_usize(timed_stats.iter().map(|s| s.syncs));
+    drop(set_textpoke);
+    let (writes, syncs) = timed_writes_and_syncs(&stats, args.samples);
 
     // static-keys.
     let peer_key = group.static_keys_key;
@@ -532,14 +699,18 @@ pub fn measure(
                 Some(s) => s,
                 None => {
                     // One timed pair under load sets the sample count for the budget.
-                    let warm = time_toggles(2, set_peer)?;
+                    let warm = time_toggles(2, set_peer, || Ok(()))?;
                     let per_toggle = warm.iter().copied().fold(1.0, f64::max);
                     let fit = (args.static_keys_budget_ms as f64 * 1e3 / per_toggle) as usize;
-                    let floor = 11.min(args.samples);
+                    // At 100,000 sites a static-keys toggle takes seconds: 11 of them would
+                    // make the run last minutes per size for little more accuracy.
+                    let floor = ((PEER_FLOOR_BUDGET_US / per_toggle) as usize)
+                        .clamp(PEER_MIN_SAMPLES_SLOW, PEER_MIN_SAMPLES)
+                        .min(args.samples);
                     (fit.clamp(floor, args.samples.max(floor)) - 1) | 1
                 }
             };
-            time_toggles(samples, set_peer)
+            time_toggles(samples, set_peer, || Ok(()))
         },
     )?;
     check_sites("static-keys", group.static_keys_sites, false)?;
@@ -563,12 +734,12 @@ pub fn measure(
         textpoke_busy_calls,
         static_keys_busy_calls,
         note: note(
-            n,
+            group,
             args.busy_threads,
             peer_busy,
             placement.as_ref(),
             plugins.len(),
-        ),
+        ) + &peer_samples_note(args, &peer_times),
         plugin: plugin.map(|mut p| {
             p.plugin_ratio = p.plugin_us_median / textpoke_us_median;
             p
@@ -596,9 +767,9 @@ fn measure_with_plugins(
     let sites = black_box(group.textpoke_sites);
     // Target 0 is the executable's key, target 1 + i plugin i's.
     let run = |t: usize| match t.checked_sub(1) {
-        None => sites.iter().for_each(|f| {
-            black_box(f());
-        }),
+        None => {
+            black_box(sites.run());
+        }
         Some(i) => {
             black_box(plugins[i].group_run(n));
         }
@@ -627,15 +798,13 @@ fn measure_with_plugins(
             for round in 0..args.samples {
                 let on = round % 2 == 0;
                 switch(0);
-                let start = Instant::now();
-                set_textpoke(on)?;
-                exe_times.push(start.elapsed().as_secs_f64() * 1e6);
+                exe_times.push(stats::time_us(|| set_textpoke(on))?);
                 for (i, times) in plugin_times.iter_mut().enumerate() {
                     switch(1 + i);
-                    let start = Instant::now();
-                    let s = set_plugin(i, on)?;
-                    times.push(start.elapsed().as_secs_f64() * 1e6);
-                    plugin_stats.push(s);
+                    times.push(stats::time_us(|| {
+                        plugin_stats.push(set_plugin(i, on)?);
+                        Ok(())
+                    })?);
                 }
             }
             Ok(())
@@ -680,18 +849,42 @@ pub fn textpoke_table_bytes_per_site() -> Result<f64> {
     })
 }
 
+/// Says when static-keys got fewer timed toggles than usual, because each took so long.
+fn peer_samples_note(args: &ToggleArgs, peer_times: &[f64]) -> String {
+    let usual = PEER_MIN_SAMPLES.min(args.samples);
+    if args.static_keys_samples.is_some() || peer_times.len() >= usual {
+        return String::new();
+    }
+    format!(
+        "; static-keys' timed toggles were BOUNDED to {} (median {:.1} s each): fewer than \
+         {usual} where {usual} would take over {:.0} s, never fewer than \
+         {PEER_MIN_SAMPLES_SLOW}, so its median and p90 are rough",
+        peer_times.len(),
+        stats::median(peer_times) / 1e6,
+        PEER_FLOOR_BUDGET_US / 1e6
+    )
+}
+
 fn note(
-    n: usize,
+    group: &SiteGroup,
     busy: usize,
     peer_busy: usize,
     placement: Option<&Placement>,
     plugins: usize,
 ) -> String {
+    let n = group.size;
     let mut note = format!(
         "each library toggled one key controlling exactly {n} sites (counts verified from both \
          tables, every site's value checked after enable and disable), alternating \
          enable/disable, timing each toggle"
     );
+    if group.textpoke_sites.per_fn > 1 {
+        note.push_str(&format!(
+            "; the sites are {} functions of {} sites each, for both libraries",
+            group.textpoke_sites.fns.len(),
+            group.textpoke_sites.per_fn
+        ));
+    }
     if plugins > 0 {
         note.push_str(&format!(
             "; textpoke's key was toggled in turn with a key of {n} sites in each of {plugins} \
@@ -804,12 +997,21 @@ impl TablePrinter {
         Ok(())
     }
 
-    /// Prints the notes collected from every row.
-    pub fn finish(self) -> Result<()> {
+    /// Prints the run's one-site floor, then the notes collected from every row and its own.
+    pub fn finish(self, floor: &FloorRow) -> Result<()> {
+        crate::print_line(&format!(
+            "one-site floor: 1-site toggle {:.1} µs, membarrier SYNC_CORE {:.1} µs, both beside \
+             1 busy thread: {:.2}x (target: at most 2.5x); {} syncs and {} writes per toggle",
+            floor.one_site_us,
+            floor.membarrier_us,
+            floor.one_site_over_membarrier,
+            floor.one_site_syncs,
+            floor.one_site_writes
+        ))?;
         for n in self.notes {
             crate::print_line(&format!("note: {n}"))?;
         }
-        Ok(())
+        crate::print_line(&format!("note: one-site floor: {}", floor.floor_note))
     }
 }
 
@@ -827,9 +1029,22 @@ mod tests {
         Ok(())
     }
 
-    /// A short run with a busy thread over `sites`, with `plugins` loaded: each row's JSON
-    /// text and value.
-    fn tiny_run(sites: Vec<usize>, plugins: usize) -> Result<Vec<(String, serde_json::Value)>> {
+    /// A row's JSON text and value.
+    type Json = (String, serde_json::Value);
+
+    fn json(row: &impl Serialize) -> Result<Json> {
+        let line = serde_json::to_string(row)?;
+        let value = serde_json::from_str(&line)?;
+        Ok((line, value))
+    }
+
+    /// A short run with a busy thread over `sites`, with `plugins` loaded, plotted into `plot`
+    /// if given: each row's JSON, then the floor's.
+    fn tiny_run(
+        sites: Vec<usize>,
+        plugins: usize,
+        plot: Option<std::path::PathBuf>,
+    ) -> Result<(Vec<Json>, Json)> {
         let args = ToggleArgs {
             sites,
             busy_threads: 1,
@@ -840,14 +1055,14 @@ mod tests {
             plugins,
             no_pin: false,
             json: true,
+            plot,
         };
         let mut rows = Vec::new();
-        run(&args, &mut |row| {
-            let line = serde_json::to_string(row)?;
-            rows.push((line.clone(), serde_json::from_str(&line)?));
+        let floor = run(&args, &mut |row| {
+            rows.push(json(row)?);
             Ok(())
         })?;
-        Ok(rows)
+        Ok((rows, json(&floor)?))
     }
 
     /// Field `k` of row `v` (printed as `line`), which must be a number.
@@ -860,7 +1075,7 @@ mod tests {
     #[test]
     fn tiny_toggle_run_gives_a_complete_json_object() -> Result<()> {
         let _serial = crate::tests::serial();
-        let rows = tiny_run(vec![1, 10], 0)?;
+        let (rows, _) = tiny_run(vec![1, 10], 0, None)?;
         assert_eq!(rows.len(), 2);
         for ((line, v), n) in rows.iter().zip([1u64, 10]) {
             let num = |k: &str| num(v, line, k);
@@ -892,7 +1107,7 @@ mod tests {
     #[test]
     fn plugin_keys_are_measured_beside_the_executables() -> Result<()> {
         let _serial = crate::tests::serial();
-        let rows = tiny_run(vec![1, 100], 2)?;
+        let (rows, _) = tiny_run(vec![1, 100], 2, None)?;
         assert_eq!(rows.len(), 2);
         for ((line, v), n) in rows.iter().zip([1u64, 100]) {
             let num = |k: &str| num(v, line, k);
@@ -916,6 +1131,127 @@ mod tests {
     }
 
     #[test]
+    fn a_run_reports_its_one_site_floor_once() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let (rows, (line, v)) = tiny_run(vec![10], 0, None)?;
+        assert_eq!(rows.len(), 1);
+        let num = |k: &str| num(&v, &line, k);
+        for k in ["one_site_us", "membarrier_us", "one_site_over_membarrier"] {
+            assert!(num(k) > 0.0 && num(k).is_finite(), "{k} in {line}");
+        }
+        let ratio = num("one_site_us") / num("membarrier_us");
+        assert!(
+            (num("one_site_over_membarrier") - ratio).abs() < 1e-9,
+            "{line}"
+        );
+        assert_eq!(num("floor_samples"), 5.0, "{line}");
+        // Whatever the engine's protocol, a toggle serializes the cores and writes the site.
+        assert!(
+            num("one_site_syncs") >= 1.0 && num("one_site_writes") >= 1.0,
+            "{line}"
+        );
+        assert!(num("floor_busy_calls") > 0.0, "{line}");
+        assert!(v["floor_note"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(v.get("sites").is_none(), "the floor is no row: {line}");
+        assert!(!sites::GROUPS[0].textpoke_key.is_enabled());
+        Ok(())
+    }
+
+    /// Fails unless `svg` is well-formed XML (every element closed, in order) whose root is
+    /// `<svg>`.
+    fn assert_well_formed_svg(svg: &str) {
+        let mut open: Vec<&str> = Vec::new();
+        let mut root = None;
+        let mut rest = svg;
+        while let Some(i) = rest.find('<') {
+            assert!(
+                !open.is_empty() || rest[..i].trim().is_empty(),
+                "text outside the root"
+            );
+            let end = rest[i..].find('>').expect("a tag is never closed") + i;
+            let tag = &rest[i + 1..end];
+            rest = &rest[end + 1..];
+            if tag.starts_with('?') || tag.starts_with('!') {
+                continue;
+            }
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(open.pop(), Some(name.trim()), "mismatched </{name}>");
+                continue;
+            }
+            let name = tag.split_whitespace().next().unwrap_or("");
+            assert!(!name.is_empty() && !name.contains('/'), "bad tag <{tag}>");
+            if open.is_empty() {
+                assert!(root.replace(name).is_none(), "a second root <{name}>");
+            }
+            if !tag.ends_with('/') {
+                open.push(name);
+            }
+        }
+        assert!(open.is_empty(), "unclosed elements {open:?}");
+        assert!(rest.trim().is_empty(), "text after the root");
+        assert_eq!(root, Some("svg"));
+    }
+
+    #[test]
+    fn plot_writes_a_well_formed_svg_of_both_libraries() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let path = std::env::temp_dir().join(format!(
+            "textpoke-bench-plot-test-{}.svg",
+            std::process::id()
+        ));
+        let run = tiny_run(vec![10, 1], 0, Some(path.clone()));
+        let svg = std::fs::read_to_string(&path);
+        let _ = std::fs::remove_file(&path);
+        let (rows, _) = run?;
+        assert_eq!(rows.len(), 2);
+        let svg = svg.map_err(|e| BenchError::new(format!("reading the plot: {e}")))?;
+        assert_well_formed_svg(&svg);
+        assert!(
+            svg.contains("xmlns=\"http://www.w3.org/2000/svg\""),
+            "{svg}"
+        );
+        // One line per library, one dot per size and library, and each library named.
+        assert!(svg.matches("<polyline").count() >= 2, "{svg}");
+        assert!(svg.matches("<circle").count() >= 4, "{svg}");
+        for name in [
+            "textpoke",
+            "static-keys",
+            "membarrier",
+            "sites controlled by the key",
+        ] {
+            assert!(svg.contains(name), "{name} missing from the plot");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_100000_site_group_follows_its_key_under_a_busy_thread() -> Result<()> {
+        let _serial = crate::tests::serial();
+        let group = sites::group(100_000).expect("a group of 100,000 sites");
+        verify(group)?;
+        assert!(
+            group.textpoke_sites.per_fn > 1,
+            "built as functions of many sites"
+        );
+        let mut stats = Vec::new();
+        // static-keys is left out: its toggle of 200,000 entries (a debug build keeps a dead
+        // copy of each site) takes minutes here; its count is checked by `verify`.
+        let ((), calls) = with_busy_threads(1, None, group.textpoke_sites, || {
+            check_toggle(
+                "textpoke",
+                group.textpoke_sites,
+                textpoke_setter(group, &mut stats),
+            )
+        })?;
+        assert!(
+            calls >= 100_000,
+            "the busy thread ran every site at least once"
+        );
+        assert_eq!(stats.len(), 2);
+        check_sites("textpoke", group.textpoke_sites, false)
+    }
+
+    #[test]
     fn without_plugins_rows_have_no_plugin_fields() -> Result<()> {
         let _serial = crate::tests::serial();
         let args = ToggleArgs {
@@ -928,6 +1264,7 @@ mod tests {
             plugins: 0,
             no_pin: true,
             json: true,
+            plot: None,
         };
         let mut rows = Vec::new();
         run(&args, &mut |row| {
@@ -952,6 +1289,7 @@ mod tests {
             plugins: 0,
             no_pin: true,
             json: true,
+            plot: None,
         };
         let mut rows = 0;
         let err = run(&args, &mut |_| {
