@@ -133,7 +133,7 @@ fn expand_fn(
                     let pat = &pt.pat;
                     lets.push(quote!(let #pat = #renamed;));
                     args.push(quote!(#renamed));
-                    pt.pat = Box::new(syn::parse_quote!(#renamed));
+                    *pt.pat = syn::parse_quote!(#renamed);
                 }
             },
         }

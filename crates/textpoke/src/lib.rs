@@ -36,6 +36,9 @@
 //! - **Alternatives**: [`alternative!`] (instructions by CPU feature) and [`multiversion!`]
 //!   (functions bound once to the best implementation), applied by [`alternatives::apply`] or
 //!   at first use; [`features`] names the CPU features. Example: `examples/alternatives.rs`.
+//! - **Patchable functions**: [`#[patchable]`](patchable) puts one NOP at a function's start;
+//!   [`functions`] traces (ftrace's function tracer), profiles and replaces (livepatch) them
+//!   by name while threads call them. Example: `examples/functions.rs`.
 //! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call. A
 //!   site is shown with the function it is in, and with the key or static call it belongs to
 //!   ([`Location::item`], an [`Item`]: its Rust path and where it was declared).

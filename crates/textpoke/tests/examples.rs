@@ -55,3 +55,10 @@ fn alternatives_example_both_ways() {
     let masked = run("alternatives", &[("TEXTPOKE_NO_FEATURES", "popcnt,avx2")]);
     assert!(masked.contains(": the default"), "{masked}");
 }
+
+#[test]
+fn functions_example() {
+    let out = run("functions", &[]);
+    assert!(out.contains("functions::net::parse"), "{out}");
+    assert!(out.contains("\"5:abc\" is refused now"), "{out}");
+}

@@ -15,10 +15,15 @@ use super::FnMeta;
 /// Tracers that can be active at once.
 pub(crate) const SLOTS: usize = 64;
 
+/// An entry hook.
+pub(crate) type OnEntry = Box<dyn Fn(&Entry) + Send + Sync>;
+/// An exit hook.
+pub(crate) type OnExit = Box<dyn Fn(&Exit) + Send + Sync>;
+
 /// A tracer's hooks.
 pub(crate) struct Hooks {
-    pub(crate) entry: Option<Box<dyn Fn(&Entry) + Send + Sync>>,
-    pub(crate) exit: Option<Box<dyn Fn(&Exit) + Send + Sync>>,
+    pub(crate) entry: Option<OnEntry>,
+    pub(crate) exit: Option<OnExit>,
 }
 
 static HOOKS: [AtomicPtr<Hooks>; SLOTS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];

@@ -39,6 +39,27 @@
 //! # Ok::<(), textpoke::Error>(())
 //! ```
 //!
+//! The attribute goes on free functions, methods (`self`, `&self`, `&mut self`, or on the
+//! `impl` block, which puts the type in the names), generic functions (each instantiation
+//! has its own site; replace one with `replace!(f::<u32>, g)`), `unsafe fn` and
+//! `extern "C" fn`. A function with `impl Trait` in its signature can be traced but not
+//! replaced. Where it cannot work, it says so at build time:
+//!
+//! ```compile_fail
+//! #[textpoke::patchable] // error: cannot go on a `const fn`: it also runs at compile time
+//! const fn answer() -> u32 { 42 }
+//! ```
+//!
+//! ```compile_fail
+//! #[textpoke::patchable] // error: cannot go on an `async fn`: make the function that
+//! async fn fetch() -> u32 { 42 } // creates the future patchable
+//! ```
+//!
+//! ```compile_fail
+//! #[textpoke::patchable] // error: goes on a function, a method or an impl block
+//! struct NotAFunction;
+//! ```
+//!
 //! The dispatch from the site takes no lock and allocates nothing, so a traced function may run
 //! in a signal handler (in the executable: a plugin's thread-locals may be allocated on first
 //! use by the loader). A hook that calls a traced function does not re-enter the hooks on
@@ -299,56 +320,53 @@ impl FnPlan {
         keys: &mut Vec<(&'static StaticKey, bool)>,
     ) -> Self {
         let plan_state = state();
-        let mut undo = Vec::new();
-        let mut touched: Vec<&'static FnMeta> = Vec::new();
+        let mut touched: Vec<&'static FnMeta> = changes
+            .iter()
+            .flat_map(|change| match change {
+                FnChange::Tracer(t, _) => t.metas.clone(),
+                FnChange::Replacement(r, _) => vec![r.meta],
+            })
+            .collect();
+        touched.sort_unstable_by_key(|m| *m as *const FnMeta as usize);
+        touched.dedup_by_key(|m| *m as *const FnMeta as usize);
+        let undo = touched
+            .iter()
+            .map(|m| {
+                (
+                    *m,
+                    m.tracers.load(Ordering::Acquire),
+                    m.replacement.load(Ordering::Acquire),
+                )
+            })
+            .collect();
         for change in changes {
-            let (metas, apply): (Vec<&'static FnMeta>, Box<dyn Fn(&FnMeta)>) = match *change {
+            match *change {
                 FnChange::Tracer(t, on) => {
-                    let bit = t.bit();
-                    (
-                        t.metas.clone(),
-                        Box::new(move |m: &FnMeta| {
-                            if on {
-                                m.tracers.fetch_or(bit, Ordering::AcqRel);
-                            } else {
-                                m.tracers.fetch_and(!bit, Ordering::AcqRel);
-                            }
-                        }),
-                    )
+                    for m in &t.metas {
+                        if on {
+                            m.tracers.fetch_or(t.bit(), Ordering::AcqRel);
+                        } else {
+                            m.tracers.fetch_and(!t.bit(), Ordering::AcqRel);
+                        }
+                    }
                 }
                 FnChange::Replacement(r, on) => {
-                    let to = if on {
-                        (r.interned as *const Interned).cast_mut()
+                    let mine = (r.interned as *const Interned).cast_mut();
+                    if on {
+                        r.meta.replacement.store(mine, Ordering::Release);
                     } else {
-                        std::ptr::null_mut()
-                    };
-                    let mine = r.interned as *const Interned;
-                    (
-                        vec![r.meta],
-                        Box::new(move |m: &FnMeta| {
-                            // Reverting removes only this replacement, not a later one.
-                            if on || std::ptr::eq(m.replacement.load(Ordering::Acquire), mine) {
-                                m.replacement.store(to, Ordering::Release);
-                            }
-                        }),
-                    )
+                        // Reverting removes only this replacement, not another installed since.
+                        let _ = r.meta.replacement.compare_exchange(
+                            mine,
+                            std::ptr::null_mut(),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
                 }
-            };
-            for meta in metas {
-                if !touched.iter().any(|t| std::ptr::eq(*t, meta)) {
-                    undo.push((
-                        meta,
-                        meta.tracers.load(Ordering::Acquire),
-                        meta.replacement.load(Ordering::Acquire),
-                    ));
-                    touched.push(meta);
-                }
-                apply(meta);
             }
         }
-        for meta in touched {
-            keys.push((meta.key, meta.wanted()));
-        }
+        keys.extend(touched.iter().map(|m| (m.key, m.wanted())));
         FnPlan {
             _state: plan_state,
             undo,

@@ -293,11 +293,15 @@ impl<'a> KeyPlan<'a> {
     /// Plans setting each key to its wanted state (last word wins for a repeated key). The
     /// caller holds the patch lock.
     pub(crate) fn new(wanted: &[(&'a KeyCore, bool)]) -> Self {
-        let mut unique: Vec<(&'a KeyCore, bool)> = Vec::with_capacity(wanted.len());
-        for &(key, on) in wanted {
-            match unique.iter_mut().find(|(k, _)| std::ptr::eq(*k, key)) {
-                Some(slot) => slot.1 = on,
-                None => unique.push((key, on)),
+        // Sorted by key, stably, so the last word for a key is the last of its run: linear
+        // time after the sort, for batches of thousands of keys (a tracer's functions).
+        let mut sorted: Vec<(&'a KeyCore, bool)> = wanted.to_vec();
+        sorted.sort_by_key(|(k, _)| k.addr());
+        let mut unique: Vec<(&'a KeyCore, bool)> = Vec::with_capacity(sorted.len());
+        for (key, on) in sorted {
+            match unique.last_mut() {
+                Some(last) if std::ptr::eq(last.0, key) => last.1 = on,
+                _ => unique.push((key, on)),
             }
         }
         let mut plan = KeyPlan {
