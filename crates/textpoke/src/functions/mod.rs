@@ -186,7 +186,7 @@ pub fn list(pattern: &str) -> Result<Vec<FunctionInfo>> {
 }
 
 /// Hooks on the functions that matched a filter, like one ftrace tracer. Made inactive by
-/// [`Tracer::new`] (to start in a [`Batch`](crate::Batch) with other changes), or active by
+/// [`Tracer::new`] (to start in a [`Batch`] with other changes), or active by
 /// [`trace`]. Dropping it stops it (one batch) and frees its hooks once no thread runs them.
 pub struct Tracer {
     slot: usize,
@@ -300,7 +300,7 @@ pub fn trace_calls(
     Ok(tracer)
 }
 
-/// A change of what is enabled on functions, planned in a [`Batch`](crate::Batch).
+/// A change of what is enabled on functions, planned in a [`Batch`].
 pub(crate) enum FnChange<'a> {
     Tracer(&'a Tracer, bool),
     Replacement(&'a Replacement, bool),
@@ -575,7 +575,7 @@ pub unsafe fn __replacement<P: Copy>(pair: [P; 2]) -> Result<Replacement> {
 }
 
 /// A [`Replacement`] of patchable function `f` by `g`, not yet installed (to install it in a
-/// [`Batch`](crate::Batch) with other changes). `g` must have exactly `f`'s signature:
+/// [`Batch`] with other changes). `g` must have exactly `f`'s signature:
 ///
 /// ```compile_fail,E0308
 /// #[textpoke::patchable]
