@@ -176,6 +176,9 @@ pub mod __private {
     };
     pub use crate::keys::table::jump_table_bytes;
     pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
+    /// `global_asm!` under a name that says what went wrong when a `static_call!` is written
+    /// inside a function: the compiler's error names the macro it could not expand there.
+    pub use core::arch::global_asm as static_call_must_be_declared_outside_functions;
 
     /// The compile-time initial state of a key, for the site macros.
     pub const fn initial_state<const I: bool>(_key: &crate::StaticKey<I>) -> bool {
@@ -219,6 +222,34 @@ unsafe fn release_on_unload() {
 
 /// `true` when `key` is enabled; compiled as one 5-byte NOP (disabled) or JMP (enabled), with
 /// the disabled path straight-line. Takes the path of a `static` [`StaticKey`].
+///
+/// ```
+/// use textpoke::{StaticKey, static_branch_unlikely};
+///
+/// static TRACE: StaticKey = StaticKey::new();
+///
+/// fn handle(request: u32) -> u32 {
+///     if static_branch_unlikely!(TRACE) {
+///         eprintln!("request {request}"); // out of line; a NOP skips it while TRACE is off
+///     }
+///     request * 2
+/// }
+///
+/// assert_eq!(handle(2), 4);
+/// TRACE.enable()?;
+/// assert_eq!(handle(2), 4);
+/// # Ok::<(), textpoke::Error>(())
+/// ```
+///
+/// The key must be a `static`: its sites name its address. A `const` fails to build with
+/// ``invalid `sym` operand``, "`sym` operands must refer to either a function or a static":
+///
+/// ```compile_fail
+/// const TRACE: textpoke::StaticKey = textpoke::StaticKey::new();
+/// fn main() {
+///     if textpoke::static_branch_unlikely!(TRACE) {}
+/// }
+/// ```
 #[macro_export]
 macro_rules! static_branch_unlikely {
     ($key:path) => {
@@ -228,6 +259,25 @@ macro_rules! static_branch_unlikely {
 
 /// `true` when `key` is enabled; compiled as one 5-byte NOP (enabled) or JMP (disabled), with
 /// the enabled path straight-line. Takes the path of a `static` [`StaticKey`].
+///
+/// ```
+/// use textpoke::{StaticKey, static_branch_likely};
+///
+/// static FAST_PATH: StaticKey<true> = StaticKey::new(); // starts enabled
+///
+/// fn sum(v: &[u32]) -> u32 {
+///     if static_branch_likely!(FAST_PATH) {
+///         v.iter().sum() // straight-line while enabled
+///     } else {
+///         v.iter().fold(0, |a, b| a.wrapping_add(*b))
+///     }
+/// }
+///
+/// assert_eq!(sum(&[1, 2]), 3);
+/// FAST_PATH.disable()?;
+/// assert_eq!(sum(&[1, 2]), 3);
+/// # Ok::<(), textpoke::Error>(())
+/// ```
 #[macro_export]
 macro_rules! static_branch_likely {
     ($key:path) => {

@@ -537,6 +537,18 @@ fn check_target(text: &TextMap, tramp: usize, target: usize) -> Result<()> {
 /// fn main() { HALF.call(0.5); }
 /// ```
 ///
+/// A static call is an item of its module (its trampoline is module-level assembly): declared
+/// inside a function, it fails to build with `non-statement macro in statement position:
+/// ::textpoke::__private::static_call_must_be_declared_outside_functions`, at the macro call.
+///
+/// ```compile_fail
+/// fn one() -> u32 { 1 }
+/// fn main() {
+///     textpoke::static_call! { static ONE: fn() -> u32 = one; }
+///     assert_eq!(ONE.call(), 1);
+/// }
+/// ```
+///
 /// **Trampoline symbols.** Each static call's trampoline is a hidden symbol named after the
 /// static's module path and the source file the macro is invoked in, as rustc was given it:
 /// `textpoke_trampoline::mycrate::net::HASH<src/net.rs>`. It reads as it is in `nm`, `perf` and

@@ -108,7 +108,7 @@ fn rel32(next: usize, target: usize) -> Option<i32> {
 #[macro_export]
 macro_rules! __arch_static_call_trampoline {
     ($sym:expr, $core:path, $target:path) => {
-        ::core::arch::global_asm!(
+        $crate::__private::static_call_must_be_declared_outside_functions!(
             ".pushsection .text.textpoke_trampoline,\"ax\",@progbits",
             ".p2align 3",
             concat!(".globl \"", $sym, "\""),
