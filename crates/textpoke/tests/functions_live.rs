@@ -260,3 +260,70 @@ fn one_batch_traces_a_thousand_functions() {
         assert_eq!(HOOKS.load(Ordering::Relaxed), 1000);
     });
 }
+
+#[textpoke::patchable]
+#[inline(never)]
+fn slot_f(x: u64) -> u64 {
+    x + 1
+}
+
+#[textpoke::patchable]
+#[inline(never)]
+fn slot_g(x: u64) -> u64 {
+    x + 2
+}
+
+/// A call that read its function's tracers, then waited (in a slow hook, or preempted) while
+/// one of them was dropped and its slot given to a new tracer, must not run the new tracer's
+/// hooks unless that one is started and traces the function.
+#[test]
+fn a_reused_tracer_slot_never_runs_hooks_for_calls_it_does_not_trace() {
+    support::fresh(
+        "a_reused_tracer_slot_never_runs_hooks_for_calls_it_does_not_trace",
+        || {
+            for started_on_other in [true, false] {
+                static BLOCK: AtomicBool = AtomicBool::new(true);
+                static INSIDE: AtomicBool = AtomicBool::new(false);
+                static STRAY: AtomicUsize = AtomicUsize::new(0);
+                BLOCK.store(true, Ordering::SeqCst);
+                INSIDE.store(false, Ordering::SeqCst);
+                // The first slot: a hook on slot_f that blocks until released.
+                let slow = functions::trace("*::slot_f", |_| {
+                    INSIDE.store(true, Ordering::SeqCst);
+                    while BLOCK.load(Ordering::SeqCst) {
+                        std::hint::spin_loop();
+                    }
+                })
+                .unwrap();
+                let a = functions::trace("*::slot_f", |_| {}).unwrap();
+                let worker = std::thread::spawn(|| slot_f(1));
+                while !INSIDE.load(Ordering::SeqCst) {
+                    std::hint::spin_loop();
+                }
+                // The worker has read slot_f's tracers (both) and is in the first one's hook.
+                drop(a);
+                let b = if started_on_other {
+                    functions::trace("*::slot_g", |_| {
+                        STRAY.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .unwrap()
+                } else {
+                    functions::Tracer::new("*::slot_f", |_| {
+                        STRAY.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .unwrap()
+                };
+                BLOCK.store(false, Ordering::SeqCst);
+                assert_eq!(worker.join().unwrap(), 2);
+                assert_eq!(
+                    STRAY.load(Ordering::SeqCst),
+                    0,
+                    "a hook of a tracer that does not trace this call ran \
+                     (started on another function: {started_on_other})"
+                );
+                drop((slow, b));
+                assert_eq!(slot_g(1), 3);
+            }
+        },
+    );
+}

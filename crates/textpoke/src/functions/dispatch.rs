@@ -130,14 +130,24 @@ pub(crate) fn uninstall(slot: usize) {
     TAKEN.fetch_and(!(1 << slot), Ordering::Relaxed);
 }
 
-/// Runs `f` on the hooks in each slot of `mask`, with this thread marked as inside a hook.
-fn each_hook(mask: u64, f: impl Fn(&Hooks)) {
+/// Runs `f` on the hooks in each slot of `mask` that still traces `meta`, with this thread
+/// marked as inside a hook.
+fn each_hook(meta: &FnMeta, mask: u64, f: impl Fn(&Hooks)) {
     let was = IN_HOOK.replace(true);
     let mut rest = mask;
     while rest != 0 {
         let slot = rest.trailing_zeros() as usize;
         rest &= rest - 1;
         READERS[slot].fetch_add(1, Ordering::SeqCst);
+        // `mask` was read before this thread was counted in: since then the slot's tracer may
+        // have been stopped, freed, and the slot given to another tracer, whose hooks must not
+        // run unless it traces `meta` too. Once counted in, the bit tells: a tracer clears its
+        // bits before its slot is emptied and waited for, and a new one sets them only once
+        // started.
+        if meta.tracers.load(Ordering::SeqCst) & 1 << slot == 0 {
+            READERS[slot].fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
         let hooks = HOOKS[slot].load(Ordering::SeqCst);
         if !hooks.is_null() {
             // SAFETY: a published box is freed only after READERS of its slot is zero once it
@@ -192,7 +202,7 @@ impl Drop for ExitHooks {
             elapsed: self.start.elapsed(),
             unwinding: std::thread::panicking(),
         };
-        each_hook(self.mask, |h| {
+        each_hook(self.meta, self.mask, |h| {
             if let Some(f) = &h.exit {
                 f(&exit);
             }
@@ -214,7 +224,7 @@ impl Divert {
         };
         if mask != 0 {
             let entry = Entry { meta };
-            each_hook(mask, |h| {
+            each_hook(meta, mask, |h| {
                 if let Some(f) = &h.entry {
                     f(&entry);
                 }
