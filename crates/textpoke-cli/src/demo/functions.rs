@@ -242,7 +242,8 @@ pub struct FunctionReport {
     pub function_replacement_flips: u64,
     /// Tracers started or stopped (dropping an active tracer stops it).
     pub function_tracer_flips: u64,
-    /// Times every tracer was dropped and made again.
+    /// Times every tracer was dropped and made again, in a rotated order, so that each takes
+    /// another's slot.
     pub function_tracer_rebuilds: u64,
     /// Median time of one change of functions alone, in microseconds (the batches with keys
     /// are timed as `toggle_us_*`).
@@ -526,8 +527,8 @@ impl<'s> Changer<'s> {
         }
     }
 
-    /// Drops every tracer (stopping the active ones), then makes them again, alternately
-    /// started by `trace` and stopped.
+    /// Drops every tracer (stopping the active ones), then makes them again in a rotated
+    /// order, alternately started by `trace` and stopped.
     fn rebuild(&mut self) -> Result<(), String> {
         for j in 0..TRACERS {
             let flip = [Flip::Tracer(j)];
@@ -542,8 +543,13 @@ impl<'s> Changer<'s> {
             }
         }
         self.rebuilds += 1;
-        for j in 0..TRACERS {
-            let start = (self.rebuilds as usize + j).is_multiple_of(2);
+        // A new tracer takes a free slot of the dispatcher (the lowest, today): in another
+        // order, each takes a slot another tracer has just left, while a call that loaded its
+        // function's mask before that tracer stopped may still be on its way into the slot.
+        let first = self.rebuilds as usize;
+        for n in 0..TRACERS {
+            let j = (first + n) % TRACERS;
+            let start = (first + j).is_multiple_of(2);
             self.tracers[j] = Some(self.make_tracer(j, start)?);
         }
         Ok(())
