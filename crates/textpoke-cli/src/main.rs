@@ -229,6 +229,7 @@ fn print_summary(r: &demo::Report) {
         n(r.traps_emulated as u64),
         n(r.traps_rewound as u64)
     );
+    println!("{}", r.functions.summary());
     if let Some(p) = &r.plugins {
         println!(
             "{} plugins: {} loads, {} unloads (reload median {:.0} µs); {} plugin site calls \
@@ -252,7 +253,9 @@ fn print_summary(r: &demo::Report) {
         println!("error: {e}");
     }
     if r.ok() {
-        println!("inconsistencies: 0 — every call matched its key's or static call's history");
+        println!(
+            "inconsistencies: 0 — every call matched its key's, static call's or function's history"
+        );
     } else {
         println!("inconsistencies: {} — FAILED", r.inconsistencies);
     }

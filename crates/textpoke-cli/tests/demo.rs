@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use textpoke_cli::demo::{self, sites};
+use textpoke_cli::demo::{self, functions, sites};
 
 #[test]
 fn toggling_under_load_is_consistent() {
@@ -26,6 +26,36 @@ fn toggling_under_load_is_consistent() {
     assert!(report.static_call_calls > 1000, "{report:?}");
     assert!(report.static_call_updates > 10, "{report:?}");
     assert!(report.plugins.is_none());
+    assert_functions_checked(&report);
+}
+
+/// The patchable functions were called, traced, replaced and changed in every way the demo
+/// has, and every check passed.
+fn assert_functions_checked(report: &demo::Report) {
+    let f = &report.functions;
+    assert_eq!(f.functions, functions::FUNCTIONS);
+    assert_eq!(f.function_inconsistencies, 0, "{report:?}");
+    assert!(f.function_calls > 1000, "{report:?}");
+    // Both codes ran: the replacements really reached the workers.
+    assert!(
+        f.function_calls_replaced > 0 && f.function_calls_replaced < f.function_calls,
+        "{report:?}"
+    );
+    assert!(f.function_hook_calls > 0, "{report:?}");
+    assert!(
+        f.function_batches > 0
+            && f.function_tracer_rebuilds > 0
+            && f.function_replacement_flips > 10
+            && f.function_tracer_flips > 10
+            && f.function_changes > f.function_batches,
+        "{report:?}"
+    );
+    assert_eq!(f.function_tracer_stats.len(), functions::TRACERS);
+    for t in &f.function_tracer_stats {
+        assert!(t.starts > 0 && t.hook_calls > 0, "{report:?}");
+    }
+    let hooks: u64 = f.function_tracer_stats.iter().map(|t| t.hook_calls).sum();
+    assert_eq!(hooks, f.function_hook_calls);
 }
 
 #[test]
@@ -55,8 +85,9 @@ fn plugins_loaded_toggled_and_unloaded_under_load_are_consistent() {
         p.plugin_toggles > 10 && p.plugin_static_call_updates > 0,
         "{report:?}"
     );
-    // The executable's own sites and calls ran and were checked too.
+    // The executable's own sites, calls and functions ran and were checked too.
     assert!(report.calls > 10_000 && report.toggles > 10, "{report:?}");
+    assert_functions_checked(&report);
 }
 
 /// Runs `textpoke demo ARGS --json`, which must succeed, and parses its output.
@@ -85,12 +116,18 @@ fn json_output_and_exit_status() {
         "threads",
         "inconsistencies",
         "toggle_us_median",
+        "function_calls",
+        "function_changes",
+        "function_hook_calls",
+        "function_tracer_stats",
     ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["sites"], 1000);
     assert_eq!(v["threads"], 1);
     assert_eq!(v["inconsistencies"], 0);
+    assert_eq!(v["function_inconsistencies"], 0, "{v}");
+    assert_eq!(v["functions"], functions::FUNCTIONS, "{v}");
     let tail = &v["tail"];
     let (slow, preempted) = (tail["changes"].as_u64(), tail["preempted"].as_u64());
     assert!(

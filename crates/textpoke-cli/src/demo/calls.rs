@@ -66,7 +66,7 @@ pub fn call(c: usize, x: u64) -> u64 {
 }
 
 /// Adds "retarget call `c` to its version `v`" to `batch`.
-pub fn update(batch: textpoke::Batch<'static>, c: usize, v: u64) -> textpoke::Batch<'static> {
+pub fn update(batch: textpoke::Batch<'_>, c: usize, v: u64) -> textpoke::Batch<'_> {
     let t = scheduled(c, v) as usize;
     match c {
         0 => batch.update(&CALL0, TARGET_FNS[t]),

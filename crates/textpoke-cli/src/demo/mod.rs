@@ -3,6 +3,7 @@
 //! Every call is checked against the history of the key or call behind it.
 
 pub mod calls;
+pub mod functions;
 mod history;
 pub mod plugins;
 pub mod sites;
@@ -11,6 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use functions::FunctionReport;
 use history::{History, key_consistent};
 use plugins::{PluginReport, Plugins};
 use serde::Serialize;
@@ -80,6 +82,10 @@ pub struct Report {
     /// report's JSON object, and absent without plugins).
     #[serde(flatten)]
     pub plugins: Option<PluginReport>,
+    /// What happened to the patchable functions (its fields are flattened into the report's
+    /// JSON object).
+    #[serde(flatten)]
+    pub functions: FunctionReport,
 }
 
 impl Report {
@@ -127,6 +133,7 @@ struct Histories {
     keys: Vec<History>,
     initial: Vec<bool>,
     calls: [History; calls::CALLS],
+    functions: functions::Shared,
 }
 
 #[derive(Default)]
@@ -136,6 +143,7 @@ struct WorkerTally {
     static_calls: u64,
     inconsistencies: u64,
     plugins: plugins::WorkerTally,
+    functions: functions::WorkerTally,
 }
 
 #[derive(Default)]
@@ -225,6 +233,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         keys: (0..keys).map(|_| History::default()).collect(),
         initial: KEY_LIST[..keys].iter().map(|k| k.is_enabled()).collect(),
         calls: Default::default(),
+        functions: Default::default(),
     };
     let sites: Vec<sites::Site> = (0..config.sites).map(sites::site).collect();
     let (emulated0, rewound0) = textpoke::__private::trap_counts();
@@ -236,6 +245,13 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     if let Err(e) = calls::reset() {
         toggler.errors.push(e.to_string());
     }
+    let mut changer = if toggler.errors.is_empty() {
+        functions::Changer::new(&histories.functions)
+            .map_err(|e| toggler.errors.push(e))
+            .ok()
+    } else {
+        None
+    };
     let (plugins, mut plugin_toggler) = if config.plugins > 0 && toggler.errors.is_empty() {
         match Plugins::load(config.plugins) {
             Ok((p, t)) => (Some(p), t),
@@ -259,7 +275,9 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             })
             .collect();
         let mut bar = Reporter::new(config.progress, config.duration);
-        if toggler.errors.is_empty() {
+        if let Some(changer) = changer.as_mut()
+            && toggler.errors.is_empty()
+        {
             let plugins = plugins
                 .as_ref()
                 .map(|p| (p, &mut plugin_toggler, config.plugin_reload));
@@ -267,7 +285,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
                 started + config.duration,
                 &histories,
                 &mut toggler,
-                plugins,
+                (changer, plugins),
                 &mut bar,
             );
         }
@@ -303,6 +321,14 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     let plugin_inconsistencies = plugin_report
         .as_ref()
         .map_or(0, |p| p.plugin_inconsistencies);
+    // And for every function, whose tracers are then dropped and replacements reverted.
+    let function_report = changer
+        .map(|c| {
+            let workers: Vec<&functions::WorkerTally> =
+                tallies.iter().map(|t| &t.functions).collect();
+            c.finish(&workers, &mut toggler.errors)
+        })
+        .unwrap_or_default();
     let (emulated1, rewound1) = textpoke::__private::trap_counts();
     let mut times: Vec<f64> = toggler.causes.iter().map(|c| c.0).collect();
     times.sort_unstable_by(f64::total_cmp);
@@ -323,7 +349,8 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         inconsistencies: tallies.iter().map(|t| t.inconsistencies).sum::<u64>()
             + sites_wrong
             + calls_wrong
-            + plugin_inconsistencies,
+            + plugin_inconsistencies
+            + function_report.function_inconsistencies,
         toggle_us_median: median,
         toggle_us_p99: percentile(&times, 0.99),
         tail: tail(&toggler.causes, median),
@@ -331,6 +358,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         traps_rewound: rewound1 - rewound0,
         errors: toggler.errors,
         plugins: plugin_report,
+        functions: function_report,
     })
 }
 
@@ -414,9 +442,9 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Calls every site in turn, and a static call after every fourth, until told to stop,
-/// checking each result. With plugins, after every sixteenth site it also runs one plugin key's sites and the
-/// plugin's static call (see [`Plugins::visit`]).
+/// Calls every site in turn, and a static call and a patchable function after every fourth,
+/// until told to stop, checking each result. With plugins, after every sixteenth site it also
+/// runs one plugin key's sites and the plugin's static call (see [`Plugins::visit`]).
 fn work(
     first: usize,
     sites: &[sites::Site],
@@ -429,6 +457,7 @@ fn work(
     let offset = first * 97 % sites.len();
     let mut x = first as u64;
     let mut px = first as u64;
+    let mut fx = first as u64;
     while !stop.load(Ordering::Relaxed) {
         for n in 0..sites.len() {
             let i = (n + offset) % sites.len();
@@ -454,6 +483,12 @@ fn work(
                     tally.inconsistencies += 1;
                 }
             }
+            if n % 4 == 2 {
+                // Small enough that `x * 32 + 31` cannot overflow.
+                fx = fx.wrapping_add(1) & 0x00ff_ffff_ffff_ffff;
+                let f = (n / 4) % functions::FUNCTIONS;
+                h.functions.visit(f, fx, &mut tally.functions);
+            }
             if let Some(p) = plugins
                 && n % 16 == 8
             {
@@ -466,14 +501,19 @@ fn work(
 }
 
 /// Flips keys and retargets static calls until `deadline`: single changes, `inc`/`dec`, and
-/// batches that mix several keys with a static call. With plugins, each round also makes one
-/// change to a plugin (see [`Plugins::change`]), and every `reload` one slot's plugin is
-/// unloaded and loaded afresh, the slots in turn.
+/// batches that mix several keys with a static call, and a tracer and a replacement. The rounds
+/// without such a batch also make one change of functions alone (see
+/// [`functions::Changer::change_alone`]). With plugins, each round also makes one change to a
+/// plugin (see [`Plugins::change`]), and every `reload` one slot's plugin is unloaded and
+/// loaded afresh, the slots in turn.
 fn toggle_until(
     deadline: Instant,
     h: &Histories,
     t: &mut TogglerTally,
-    mut plugins: Option<(&Plugins, &mut plugins::TogglerTally, Duration)>,
+    (fns, mut plugins): (
+        &mut functions::Changer<'_>,
+        Option<(&Plugins, &mut plugins::TogglerTally, Duration)>,
+    ),
     bar: &mut Reporter,
 ) {
     let mut next_reload = Instant::now() + plugins.as_ref().map_or(Duration::ZERO, |p| p.2);
@@ -514,7 +554,11 @@ fn toggle_until(
             let batch = chosen.iter().fold(textpoke::Batch::new(), |b, &k| {
                 KEY_LIST[k].set(b, !KEY_LIST[k].is_enabled())
             });
-            retarget(h, call, batch, t)
+            if round % 4 == 3 {
+                retarget(h, call, fns.join(round, batch), t).map(|()| fns.joined(round))
+            } else {
+                retarget(h, call, batch, t)
+            }
         };
         if let Err(e) = result {
             t.errors.push(e.to_string());
@@ -526,6 +570,12 @@ fn toggle_until(
             h.keys[k].end_change();
         }
         t.key_toggles += chosen.len() as u64 + (round % 4 == 1) as u64;
+        if round % 4 != 3
+            && let Err(e) = fns.change_alone(round)
+        {
+            t.errors.push(e);
+            break;
+        }
         if let Some((p, pt, reload)) = plugins.as_mut() {
             let mut r = p.change(round, pt);
             if r.is_ok() && Instant::now() >= next_reload {
@@ -549,7 +599,7 @@ fn toggle_until(
 fn retarget(
     h: &Histories,
     c: usize,
-    batch: textpoke::Batch<'static>,
+    batch: textpoke::Batch<'_>,
     t: &mut TogglerTally,
 ) -> textpoke::Result<()> {
     let batch = calls::update(batch, c, h.calls[c].next_version());
@@ -560,6 +610,7 @@ fn retarget(
     Ok(())
 }
 
+/// The value at fraction `p` of `sorted` (0 if empty).
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
