@@ -95,6 +95,22 @@ fn panics() {
 }
 
 #[textpoke::patchable]
+#[inline(always)]
+fn inlined(x: u32) -> u32 {
+    x ^ 0x5a
+}
+
+#[inline(never)]
+fn inlined_caller_one(x: u32) -> u32 {
+    inlined(x) + 1
+}
+
+#[inline(never)]
+fn inlined_caller_two(x: u32) -> u32 {
+    inlined(x) + 2
+}
+
+#[textpoke::patchable]
 fn recursive(n: u32) -> u32 {
     if n == 0 { 0 } else { 1 + recursive(n - 1) }
 }
@@ -177,6 +193,33 @@ fn every_shape_behaves_and_is_listed() {
         assert!(functions::list("*").unwrap().iter().all(|f| f.tracers == 0));
         assert_eq!(add(2, 3), 5);
         assert!(names(&seen).is_empty(), "untraced again");
+    });
+}
+
+#[test]
+fn every_inlined_copy_has_its_own_site_and_is_traced() {
+    support::fresh("every_inlined_copy_has_its_own_site_and_is_traced", || {
+        static HOOKS: AtomicUsize = AtomicUsize::new(0);
+        assert_eq!(
+            inlined_caller_one(1) + inlined_caller_two(1),
+            0x5b + 1 + 0x5b + 2
+        );
+        let info = &functions::list("functions::inlined").unwrap()[0];
+        // Both callers' copies, and the out-of-line one the table names.
+        assert!(info.sites >= 3, "{info:?}");
+        let _t = functions::trace("functions::inlined", |_| {
+            HOOKS.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+        assert_eq!(
+            inlined_caller_one(1) + inlined_caller_two(1),
+            0x5b + 1 + 0x5b + 2
+        );
+        assert_eq!(
+            HOOKS.load(Ordering::Relaxed),
+            2,
+            "both inlined copies are traced"
+        );
     });
 }
 
