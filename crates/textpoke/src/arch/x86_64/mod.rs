@@ -7,8 +7,10 @@ mod nop;
 mod relocate;
 mod trampoline;
 
-pub use emulate::{Insn, Regs, WireInsn, condition_holds, emulate};
-pub use encode::{CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code};
+pub use emulate::{GPRS, Insn, RSP, Regs, WireInsn, condition_holds, emulate};
+pub use encode::{
+    CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code, mov_imm_code, mov_imm_len,
+};
 pub use first_use::FIRST_USE_LEN;
 pub(crate) use first_use::save_all_and_call;
 pub use nop::{fill_padding, is_nop, nop_len};
