@@ -134,16 +134,18 @@ mod calls;
 mod engine;
 mod error;
 pub mod features;
+mod immediates;
 mod keys;
 mod location;
 mod os;
 mod table;
 
-pub use batch::Batch;
+pub use batch::{Batch, Settable};
 pub use calls::{NoopCall, StaticCall};
 pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
+pub use immediates::{ImmValue, Immediate};
 pub use keys::StaticKey;
 pub use location::{Item, Location};
 pub use os::ThreadInfo;
@@ -151,6 +153,7 @@ pub use os::ThreadInfo;
 /// The site tables textpoke's macros emit, for tools and tests that read them: section names,
 /// entry sizes, and the validated sites.
 pub mod tables {
+    pub use crate::immediates::table::{IMM_ENTRY_SIZE, IMM_SECTION, ImmSite, imm_sites};
     pub use crate::keys::table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 }
 
@@ -167,6 +170,9 @@ pub mod __private {
     pub use crate::calls::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{
         MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
+    };
+    pub use crate::immediates::{
+        from_bits as imm_from_bits, initial_bits as imm_initial_bits, is_wide as imm_is_wide,
     };
     pub use crate::keys::table::jump_table_bytes;
     pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
@@ -204,7 +210,9 @@ unsafe fn release_on_unload() {
         keys::table::INDEX.release();
         calls::table::INDEX.release();
         alternatives::table::INDEX.release();
+        immediates::table::INDEX.release();
     }
+    immediates::release();
     batch::release();
     engine::release();
     os::release();

@@ -136,7 +136,32 @@ impl Table {
         index: usize,
         addr: usize,
         size: usize,
+        signature: (usize, u32),
+    ) -> Result<()> {
+        self.check_signed(object, index, addr, size, signature, true)
+    }
+
+    /// [`check_target`](Self::check_target) for an object that is never written (a `static`
+    /// without interior mutability, which the linker may place in a read-only segment).
+    pub fn check_const_target(
+        &self,
+        object: &Object,
+        index: usize,
+        addr: usize,
+        size: usize,
+        signature: (usize, u32),
+    ) -> Result<()> {
+        self.check_signed(object, index, addr, size, signature, false)
+    }
+
+    fn check_signed(
+        &self,
+        object: &Object,
+        index: usize,
+        addr: usize,
+        size: usize,
         (magic_offset, magic): (usize, u32),
+        writable: bool,
     ) -> Result<()> {
         let reject = |why| Error::UnknownKey {
             table: self.name,
@@ -150,11 +175,14 @@ impl Table {
         let Some(seg) = object.segments.iter().find(|s| s.contains(addr, size)) else {
             return Err(reject("outside the declaring object's segments"));
         };
-        if !seg.write || !seg.read {
+        if !seg.read {
+            return Err(reject("not in a readable segment"));
+        }
+        if writable && !seg.write {
             return Err(reject("not in a readable, writable segment"));
         }
-        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, readable and
-        // writable segment of the object; the signature is read as plain data.
+        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, readable segment
+        // of the object; the signature is read as plain data.
         let found = unsafe { std::ptr::read_volatile((addr + magic_offset) as *const u32) };
         if found != magic {
             return Err(reject(

@@ -133,7 +133,7 @@ impl WireInsn {
 /// Number of general registers.
 pub const GPRS: usize = 16;
 /// `rsp`'s number in [`Regs::gpr`].
-pub const RSP: usize = 4;
+const RSP: usize = 4;
 
 /// The registers of a trapped thread that emulation reads or changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
