@@ -1,8 +1,9 @@
 //! # textpoke
 //!
 //! The Linux kernel's runtime code patching, for user-space Rust: **static keys** (jump labels),
-//! **static calls** ([`static_call!`]) and **alternatives** chosen by CPU feature
-//! ([`alternative!`], [`multiversion!`], [`alternatives`]), on a batched text-patching engine
+//! **static calls** ([`static_call!`]), **alternatives** chosen by CPU feature
+//! ([`alternative!`], [`multiversion!`], [`alternatives`]) and **immediate values**
+//! ([`imm!`]), on a batched text-patching engine
 //! that stays correct while other threads run the code it changes.
 //!
 //! ```
@@ -36,6 +37,9 @@
 //! - **Alternatives**: [`alternative!`] (instructions by CPU feature) and [`multiversion!`]
 //!   (functions bound once to the best implementation), applied by [`alternatives::apply`] or
 //!   at first use; [`features`] names the CPU features. Example: `examples/alternatives.rs`.
+//! - **Immediate values**: [`Immediate`] and [`imm!`]: constants compiled into the code as the
+//!   immediate of a `mov` at every read site, rewritten live by [`Immediate::set`] or in a
+//!   [`Batch`] ([`Batch::set`]). Example: `examples/immediates.rs`.
 //! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call. A
 //!   site is shown with the function it is in, and with the key or static call it belongs to
 //!   ([`Location::item`], an [`Item`]: its Rust path and where it was declared).

@@ -55,3 +55,9 @@ fn alternatives_example_both_ways() {
     let masked = run("alternatives", &[("TEXTPOKE_NO_FEATURES", "popcnt,avx2")]);
     assert!(masked.contains(": the default"), "{masked}");
 }
+
+#[test]
+fn immediates_example() {
+    let out = run("immediates", &[]);
+    assert!(out.contains("SAMPLE_SHIFT = 10 (3 read sites)"), "{out}");
+}
