@@ -1,10 +1,10 @@
 //! Immediate values: a sampling rate compiled into the hot path as the immediate of a `mov`
 //! (no load), retuned by an "operator" while worker threads keep running it.
 //!
-//! Run: `cargo run --example immediates` (add `-- --seconds 5` to run longer).
+//! Run: `cargo run --example immediates`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use textpoke::{Batch, Immediate, StaticKey, imm, static_branch_unlikely};
 
@@ -32,40 +32,35 @@ fn handle_request(n: u64) -> u64 {
 }
 
 fn main() -> Result<(), textpoke::Error> {
-    let seconds: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| -> Result<(), textpoke::Error> {
-        for _ in 0..2 {
-            s.spawn(|| {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n = handle_request(n + 1);
-                }
-            });
-        }
-        // The operator: sample more often for a moment (every site rewritten, live-safe),
-        // then retune and trace in one transaction, then back.
-        let start = Instant::now();
-        let mut changes = 0;
-        while start.elapsed() < Duration::from_secs_f64(seconds) {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    (1..)
+                        .take_while(|_| !stop.load(Ordering::Relaxed))
+                        .map(handle_request)
+                        .last()
+                })
+            })
+            .collect();
+        // The operator, 20 rounds: sample more often for a moment (every site rewritten,
+        // live-safe), then retune and trace in one transaction, then back.
+        for _ in 0..20 {
             SAMPLE_SHIFT.set(4)?;
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(15));
             Batch::new().set(&SAMPLE_SHIFT, 6).enable(&TRACE).commit()?;
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(15));
             Batch::new()
                 .set(&SAMPLE_SHIFT, 10)
                 .disable(&TRACE)
                 .commit()?;
-            std::thread::sleep(Duration::from_millis(20));
-            changes += 3;
+            std::thread::sleep(Duration::from_millis(15));
         }
         stop.store(true, Ordering::Relaxed);
+        workers.into_iter().for_each(|w| drop(w.join()));
         println!(
-            "{} requests handled, {} sampled, {} traced; sampling retuned {changes} times",
+            "{} requests handled, {} sampled, {} traced; sampling retuned 60 times",
             HANDLED.load(Ordering::Relaxed),
             SAMPLED.load(Ordering::Relaxed),
             TRACED.load(Ordering::Relaxed)

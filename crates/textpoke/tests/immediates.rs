@@ -209,51 +209,36 @@ static NARROW: Immediate<u32> = Immediate::new(OLD32);
 /// Reads per pass of a reader.
 const READS: usize = 13;
 
+/// One read site of `$imm` per token after it, as an array.
+macro_rules! reads {
+    ($imm:path; $($n:tt)*) => {
+        [$({
+            let _ = $n;
+            imm!($imm)
+        }),*]
+    };
+}
+
 /// Thirteen reads of each, live at once (in an optimized build the compiler spreads them over
 /// its registers).
 #[inline(never)]
 fn read_anywhere() -> ([u64; READS], [u32; READS]) {
-    macro_rules! thirteen {
-        ($imm:path) => {
-            [
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-                imm!($imm),
-            ]
-        };
-    }
-    std::hint::black_box((thirteen!(WIDE), thirteen!(NARROW)))
+    std::hint::black_box((
+        reads!(WIDE; 0 1 2 3 4 5 6 7 8 9 10 11 12),
+        reads!(NARROW; 0 1 2 3 4 5 6 7 8 9 10 11 12),
+    ))
 }
 
 /// Reads `$imm` into each register Rust lets an `asm!` name (all but `rbx`, `rbp` and `rsp`),
 /// so that the trap handler's emulation of every one of them is met live.
 macro_rules! read_into_every_register {
     ($imm:path) => {
-        [
-            textpoke::__arch_imm!($imm, "rax", "eax"),
-            textpoke::__arch_imm!($imm, "rcx", "ecx"),
-            textpoke::__arch_imm!($imm, "rdx", "edx"),
-            textpoke::__arch_imm!($imm, "rsi", "esi"),
-            textpoke::__arch_imm!($imm, "rdi", "edi"),
-            textpoke::__arch_imm!($imm, "r8", "r8d"),
-            textpoke::__arch_imm!($imm, "r9", "r9d"),
-            textpoke::__arch_imm!($imm, "r10", "r10d"),
-            textpoke::__arch_imm!($imm, "r11", "r11d"),
-            textpoke::__arch_imm!($imm, "r12", "r12d"),
-            textpoke::__arch_imm!($imm, "r13", "r13d"),
-            textpoke::__arch_imm!($imm, "r14", "r14d"),
-            textpoke::__arch_imm!($imm, "r15", "r15d"),
-        ]
+        read_into_every_register!($imm; "rax" "eax", "rcx" "ecx", "rdx" "edx", "rsi" "esi",
+            "rdi" "edi", "r8" "r8d", "r9" "r9d", "r10" "r10d", "r11" "r11d", "r12" "r12d",
+            "r13" "r13d", "r14" "r14d", "r15" "r15d")
+    };
+    ($imm:path; $($r64:tt $r32:tt),*) => {
+        [$(textpoke::__arch_imm!($imm, $r64, $r32)),*]
     };
 }
 

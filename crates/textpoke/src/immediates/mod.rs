@@ -278,24 +278,16 @@ fn poke(site: &ImmSite, from: u64, to: u64) -> Result<Poke> {
             ),
         })
     };
-    Ok(Poke::code(
-        site.addr,
-        code(from)?,
-        code(to)?,
-        insn(site, to),
-        insn(site, from),
-    ))
+    Poke::between(site.addr, from, to, code, |value| insn(site, value))
 }
 
 /// The immediate whose site is at `addr`, if the index is built and has one (an error path
 /// does not build it).
 pub(crate) fn item_at(_lock: &PatchGuard, addr: usize) -> Option<Item> {
-    let index = table::INDEX.peek()?.as_ref().ok()?;
-    let site = index.all().iter().find(|s| s.addr == addr)?;
+    let imm = table::INDEX.peek()?.as_ref().ok()?.owner(addr)?;
     // SAFETY: validation checked that every entry's immediate is an `ImmCore` of this copy of
     // textpoke (its signature) in the object's data, and immediates are statics.
-    let core = unsafe { &*(site.imm as *const ImmCore) };
-    Some(core.item())
+    Some(unsafe { &*(imm as *const ImmCore) }.item())
 }
 
 /// Immediate changes planned in one batch: (immediate, value now, value wanted); `commit`

@@ -65,6 +65,11 @@ impl ImmIndex {
     pub(crate) fn all(&self) -> &[ImmSite] {
         &self.sites
     }
+
+    /// The immediate whose site is at `addr`.
+    pub(crate) fn owner(&self, addr: usize) -> Option<usize> {
+        self.sites.iter().find(|s| s.addr == addr).map(|s| s.imm)
+    }
 }
 
 pub(crate) static INDEX: IndexCell<Result<ImmIndex>> = IndexCell::new();
@@ -116,7 +121,15 @@ fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<ImmIndex> {
                 why: format!("entry {index}: register number {reg} (r15 is 15)"),
             });
         }
-        table.check_const_target(object, index, imm, size_of::<ImmCore>(), ImmCore::SIGNATURE)?;
+        // Never written: the linker may put it in read-only data.
+        table.check_target(
+            object,
+            index,
+            imm,
+            size_of::<ImmCore>(),
+            ImmCore::SIGNATURE,
+            false,
+        )?;
         // SAFETY: just checked: `imm` is an aligned `ImmCore` (its signature) in a readable
         // segment of the object, and immediates are statics, never written.
         let core = unsafe { &*(imm as *const ImmCore) };

@@ -129,32 +129,10 @@ impl Table {
     }
 
     /// Checks that entry `index` points at a live textpoke object of `size` bytes whose
-    /// signature (a `u32` at `magic_offset`) is `magic`, in a writable segment of `object`.
+    /// signature (a `u32` at `magic_offset`) is `magic`, in a readable segment of `object`,
+    /// and a writable one if `writable` (an object that is never written, a `static` without
+    /// interior mutability, may be placed in a read-only segment).
     pub fn check_target(
-        &self,
-        object: &Object,
-        index: usize,
-        addr: usize,
-        size: usize,
-        signature: (usize, u32),
-    ) -> Result<()> {
-        self.check_signed(object, index, addr, size, signature, true)
-    }
-
-    /// [`check_target`](Self::check_target) for an object that is never written (a `static`
-    /// without interior mutability, which the linker may place in a read-only segment).
-    pub fn check_const_target(
-        &self,
-        object: &Object,
-        index: usize,
-        addr: usize,
-        size: usize,
-        signature: (usize, u32),
-    ) -> Result<()> {
-        self.check_signed(object, index, addr, size, signature, false)
-    }
-
-    fn check_signed(
         &self,
         object: &Object,
         index: usize,
