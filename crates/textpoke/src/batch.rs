@@ -119,7 +119,7 @@ impl<'a> Batch<'a> {
         match result {
             Ok((calls, stats)) => {
                 keys.commit();
-                imms.commit();
+                imms.commit(lock);
                 calls.commit(held, released);
                 Ok(stats)
             }

@@ -215,8 +215,8 @@ unsafe fn release_on_unload() {
         calls::table::INDEX.release();
         alternatives::table::INDEX.release();
         immediates::table::INDEX.release();
+        immediates::release();
     }
-    immediates::release();
     batch::release();
     engine::release();
     os::release();

@@ -4,9 +4,8 @@
 
 pub(crate) mod table;
 
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::arch::{Insn, mov_imm_code, mov_imm_len};
 use crate::engine::{PatchGuard, Poke};
@@ -53,23 +52,68 @@ impl ImmCore {
     /// Offset and value of the signature table validation looks for.
     pub(crate) const SIGNATURE: (usize, u32) = (std::mem::offset_of!(ImmCore, magic), IMM_MAGIC);
 
-    /// The value the sites hold now (under the patch lock, or racing only with a `set`).
+    /// The value the sites hold now (the last one committed).
     fn current(&self) -> u64 {
-        current().get(&self.addr()).copied().unwrap_or(self.initial)
+        Current::find(self.addr()).map_or(self.initial, |c| c.value.load(Ordering::Acquire))
     }
 }
 
-/// The value of every immediate this copy has set, by address (the immediates themselves are
-/// read-only). Written under the patch lock, when a batch has been written.
-static CURRENT: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
-
-fn current() -> MutexGuard<'static, BTreeMap<usize, u64>> {
-    CURRENT.lock().unwrap_or_else(|e| e.into_inner())
+/// The value of one immediate this copy has set (the immediates themselves are read-only), in
+/// an append-only list read without a lock: a lock that another thread held at `fork` would
+/// stay held in the child. Written under the patch lock, once a batch has been written.
+struct Current {
+    imm: usize,
+    value: AtomicU64,
+    /// The node appended before this one; never changed once published.
+    next: *mut Current,
 }
 
-/// Frees the current values (this copy's object is being unloaded).
-pub(crate) fn release() {
-    drop(std::mem::take(&mut *current()));
+static CURRENT: AtomicPtr<Current> = AtomicPtr::new(std::ptr::null_mut());
+
+impl Current {
+    fn find(imm: usize) -> Option<&'static Current> {
+        let mut p = CURRENT.load(Ordering::Acquire);
+        // SAFETY: every published node is a leaked box, complete before it was published
+        // (Release, paired with the Acquire above), and freed only by `release`.
+        while let Some(node) = unsafe { p.as_ref() } {
+            if node.imm == imm {
+                return Some(node);
+            }
+            p = node.next;
+        }
+        None
+    }
+
+    /// Records `value` as the value of the immediate at `imm`.
+    fn record(_lock: &PatchGuard, imm: usize, value: u64) {
+        match Current::find(imm) {
+            Some(node) => node.value.store(value, Ordering::Release),
+            None => {
+                let node = Box::new(Current {
+                    imm,
+                    value: AtomicU64::new(value),
+                    next: CURRENT.load(Ordering::Acquire),
+                });
+                // The lock makes this the only writer, so no node appended meanwhile is lost.
+                CURRENT.store(Box::into_raw(node), Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Frees the current values.
+///
+/// # Safety
+///
+/// None of this copy's code runs again (its object is being unloaded).
+pub(crate) unsafe fn release() {
+    let mut p = CURRENT.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    while !p.is_null() {
+        // SAFETY: `p` is a node leaked by `record`, unreachable now, and (the caller's
+        // guarantee) no `find` still reads it.
+        let node = unsafe { Box::from_raw(p) };
+        p = node.next;
+    }
 }
 
 mod sealed {
@@ -322,10 +366,9 @@ impl<'a> ImmPlan<'a> {
         Ok(())
     }
 
-    pub(crate) fn commit(self) {
-        let mut current = current();
+    pub(crate) fn commit(self, lock: &PatchGuard) {
         for (imm, _, to) in self.changes {
-            current.insert(imm.addr(), to);
+            Current::record(lock, imm.addr(), to);
         }
     }
 }
