@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
-use textpoke::{Immediate, imm};
+use textpoke::{Batch, Immediate, PatchStats, imm};
 
 use crate::affinity::{self, CpuMask, Placement, RestoreAffinity};
 use crate::branch::dispatch_loop;
@@ -129,6 +129,10 @@ pub struct ImmRow {
     pub imm_set_us_p90: f64,
     /// Read sites rewritten by each `set`.
     pub imm_set_sites: usize,
+    /// `pwrite`s of the last `set`.
+    pub imm_set_writes: usize,
+    /// Core syncs of the last `set`.
+    pub imm_set_syncs: usize,
     /// Reads the busy thread made (and checked) while the `set`s ran.
     pub busy_reads: u64,
     /// Iterations per repetition of the warm loops.
@@ -155,7 +159,7 @@ pub fn run(args: &ImmArgs) -> Result<ImmRow> {
     let cold_iters = (args.iters / 100).max(1);
     let [imm_cold, atomic_cold] = dispatch::measure(&COLD, cold_iters, args.reps)?;
     let busy_cpu = placement.busy_cpu(0);
-    let (times, busy_reads) = measure_sets(args.samples, busy_cpu)?;
+    let (times, busy_reads, stats) = measure_sets(args.samples, busy_cpu)?;
     let mut note = format!(
         "reads: median of {reps} interleaved repetitions of {iters} iterations ({cold_iters} for \
          the cold loops), each XOR-ing mix(i, value read) into a checksum checked against the \
@@ -181,7 +185,9 @@ pub fn run(args: &ImmArgs) -> Result<ImmRow> {
         atomic_cold_read_ns: atomic_cold,
         imm_set_us: stats::median(&times),
         imm_set_us_p90: stats::percentile(&times, 0.9),
-        imm_set_sites: SET_IMM.sites()?.len(),
+        imm_set_sites: stats.sites,
+        imm_set_writes: stats.writes,
+        imm_set_syncs: stats.syncs,
         busy_reads,
         iters: args.iters,
         reps: args.reps,
@@ -190,9 +196,10 @@ pub fn run(args: &ImmArgs) -> Result<ImmRow> {
 }
 
 /// Times `samples` `set`s of [`SET_IMM`] while a thread pinned to `busy_cpu` reads every
-/// site; returns the times in µs and the reads the busy thread checked. Any read that is
-/// neither value, or a site that does not read the value just set, fails the run.
-fn measure_sets(samples: usize, busy_cpu: usize) -> Result<(Vec<f64>, u64)> {
+/// site; returns the times in µs, the reads the busy thread checked and the last set's cost.
+/// Any read that is neither value, or a site that does not read the value just set, fails the
+/// run.
+fn measure_sets(samples: usize, busy_cpu: usize) -> Result<(Vec<f64>, u64, PatchStats)> {
     let sites = SET_IMM.sites()?.len();
     if sites != SET_SITE_COUNT {
         return Err(BenchError::new(format!(
@@ -224,12 +231,14 @@ fn measure_sets(samples: usize, busy_cpu: usize) -> Result<(Vec<f64>, u64)> {
         while reads.load(Ordering::Relaxed) == 0 && !reader.is_finished() {
             std::thread::yield_now();
         }
-        let timed = || -> Result<Vec<f64>> {
+        let timed = || -> Result<(Vec<f64>, PatchStats)> {
             let mut times = Vec::with_capacity(samples);
+            let mut stats = PatchStats::default();
             for i in 0..samples {
                 let v = VALUES[(i + 1) % 2];
                 let start = Instant::now();
-                SET_IMM.set(v)?;
+                // What `SET_IMM.set(v)` does, keeping the batch's cost.
+                stats = Batch::new().set(&SET_IMM, v).commit()?;
                 times.push(start.elapsed().as_secs_f64() * 1e6);
                 if let Some(bad) = SET_SITES.iter().position(|site| site() != v) {
                     return Err(BenchError::new(format!(
@@ -238,9 +247,9 @@ fn measure_sets(samples: usize, busy_cpu: usize) -> Result<(Vec<f64>, u64)> {
                     )));
                 }
             }
-            Ok(times)
+            Ok((times, stats))
         };
-        let times = timed();
+        let timed = timed();
         stop.store(true, Ordering::Relaxed);
         let torn = reader
             .join()
@@ -250,7 +259,8 @@ fn measure_sets(samples: usize, busy_cpu: usize) -> Result<(Vec<f64>, u64)> {
                 "the busy thread read {torn} values that were neither 0x11111111 nor 0x22222222"
             )));
         }
-        Ok((times?, reads.load(Ordering::Relaxed)))
+        let (times, stats) = timed?;
+        Ok((times, reads.load(Ordering::Relaxed), stats))
     })
 }
 
@@ -291,6 +301,8 @@ mod tests {
             assert!(x >= 0.0 && x.is_finite(), "{k} in {v}");
         }
         assert_eq!(v["imm_set_sites"].as_u64(), Some(SET_SITE_COUNT as u64));
+        assert_eq!(v["imm_set_syncs"].as_u64(), Some(2));
+        assert!(v["imm_set_writes"].as_u64().is_some_and(|w| w >= 3));
         assert_eq!(v["reps"].as_u64(), Some(3));
         assert!(v["note"].as_str().is_some_and(|n| !n.is_empty()));
         Ok(())
