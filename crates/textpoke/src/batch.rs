@@ -21,8 +21,8 @@ pub(crate) fn release() {
     drop(std::mem::take(&mut *pokes_scratch()));
 }
 
-/// Several key changes, static-call updates and immediate values applied as one batch: one validation pass, two
-/// core syncs, and either every site changes or none does.
+/// Several key changes, static-call updates and immediate values applied as one batch: one
+/// validation pass, two core syncs, and either every site changes or none does.
 ///
 /// ```
 /// use textpoke::{Batch, StaticKey};
@@ -77,8 +77,9 @@ impl<'a> Batch<'a> {
         self
     }
 
-    /// Applies every change as one batch: every site of every key and every trampoline, or
-    /// none of them. A key or call named more than once gets its last change.
+    /// Applies every change as one batch: every site of every key and immediate and every
+    /// trampoline, or none of them. A key, call or immediate named more than once gets its last
+    /// change.
     pub fn commit(self) -> Result<PatchStats> {
         // References on targets' objects are taken and dropped outside the patch lock: the
         // loader's lock is taken inside it by a `dlclose` that waits for a batch.
