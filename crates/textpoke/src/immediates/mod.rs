@@ -17,7 +17,7 @@ const IMM_MAGIC: u32 = u32::from_le_bytes(*b"tpi1");
 
 /// The part of an immediate the tables see; identical for every value type. Holds no
 /// interior mutability, so a `const` operand of a site's `asm!` can read `initial` at compile
-/// time: the current value is kept by this copy of textpoke instead ([`current`]).
+/// time: the current value is kept by this copy of textpoke instead ([`Current`]).
 #[repr(C, align(8))]
 pub(crate) struct ImmCore {
     magic: u32,
