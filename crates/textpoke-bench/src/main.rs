@@ -12,6 +12,9 @@
 //! - `alt`: the time of one `alternatives::apply()` of 1,000 instruction-level alternatives
 //!   (each in a forked child), and ns per call of a direct call, a textpoke function-level
 //!   alternative (`multiversion!`, both forms) and the `multiversion` crate;
+//! - `functions`: ns per read of an immediate value against an `AtomicU32` load, warm and with
+//!   the variable's line evicted, and the time of one `set` of an immediate with 1,000 read
+//!   sites while a busy thread reads them;
 //! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
 //!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
@@ -24,6 +27,7 @@ mod branch;
 mod call;
 mod cold;
 mod dispatch;
+mod imm;
 mod peer;
 mod plot;
 mod raw;
@@ -113,6 +117,9 @@ enum Command {
     /// Time to apply 1,000 instruction-level alternatives (forked children); ns per call of a
     /// direct call, textpoke's multiversion! (both forms) and the multiversion crate.
     Alt(alt::AltArgs),
+    /// ns per read of an immediate value vs an AtomicU32 load (warm, and with the line
+    /// evicted); the time of one `set` of an immediate with 1,000 read sites, busy thread.
+    Functions(FunctionsArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
     Raw(raw::RawArgs),
@@ -131,38 +138,30 @@ fn run(cli: Cli) -> Result<()> {
                 table.finish(&floor)
             }
         }
-        Command::Branch(args) => {
-            let row = branch::run(&args)?;
-            if args.json {
-                print_line(&serde_json::to_string(&row)?)
-            } else {
-                branch::print_table(&row)
-            }
-        }
-        Command::Call(args) => {
-            let row = call::run(&args)?;
-            if args.json {
-                print_line(&serde_json::to_string(&row)?)
-            } else {
-                call::print_table(&row)
-            }
-        }
-        Command::Alt(args) => {
-            let row = alt::run(&args)?;
-            if args.json {
-                print_line(&serde_json::to_string(&row)?)
-            } else {
-                alt::print_table(&row)
-            }
-        }
-        Command::Raw(args) => {
-            let row = raw::run(&args)?;
-            if args.json {
-                print_line(&serde_json::to_string(&row)?)
-            } else {
-                raw::print_table(&row)
-            }
-        }
+        Command::Branch(args) => emit(args.json, &branch::run(&args)?, branch::print_table),
+        Command::Call(args) => emit(args.json, &call::run(&args)?, call::print_table),
+        Command::Alt(args) => emit(args.json, &alt::run(&args)?, alt::print_table),
+        Command::Functions(args) => emit(args.json, &imm::run(&args.imm)?, imm::print_table),
+        Command::Raw(args) => emit(args.json, &raw::run(&args)?, raw::print_table),
+    }
+}
+
+/// Options of the `functions` subcommand.
+#[derive(clap::Args)]
+struct FunctionsArgs {
+    #[command(flatten)]
+    imm: imm::ImmArgs,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints a subcommand's one result: a JSON line, or its table.
+fn emit<R: serde::Serialize>(json: bool, row: &R, table: fn(&R) -> Result<()>) -> Result<()> {
+    if json {
+        print_line(&serde_json::to_string(row)?)
+    } else {
+        table(row)
     }
 }
 

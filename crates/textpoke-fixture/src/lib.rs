@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub static PLUGIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/plugin.so"));
 
 /// The plugin's C API version this fixture speaks.
-pub const API_VERSION: u32 = 2;
+pub const API_VERSION: u32 = 3;
 
 /// Keys of the plugin (its own, besides the benchmark groups').
 pub const KEYS: usize = 4;
@@ -53,6 +53,8 @@ pub struct Plugin {
     double: extern "C" fn(u64) -> u64,
     alt: extern "C" fn() -> u64,
     traps: extern "C" fn() -> usize,
+    imm: extern "C" fn() -> u64,
+    set_imm: ErrFn<u64>,
 }
 
 // SAFETY: the plugin's functions are thread-safe (textpoke's API is), and the handle is only
@@ -173,6 +175,8 @@ impl Plugin {
             double: sym!("tpp_double": extern "C" fn(u64) -> u64),
             alt: sym!("tpp_alt": extern "C" fn() -> u64),
             traps: sym!("tpp_traps_emulated": extern "C" fn() -> usize),
+            imm: sym!("tpp_imm": extern "C" fn() -> u64),
+            set_imm: sym!("tpp_set_imm": ErrFn<u64>),
         })
     }
 
@@ -288,6 +292,17 @@ impl Plugin {
     /// Traps the process's patcher has emulated, as this copy sees them.
     pub fn traps_emulated(&self) -> usize {
         (self.traps)()
+    }
+
+    /// Reads the plugin's immediate value (built as `0x1111_1111_1111_1111`).
+    pub fn imm(&self) -> u64 {
+        (self.imm)()
+    }
+
+    /// Sets the plugin's immediate value.
+    pub fn set_imm(&self, value: u64) -> Result<(), String> {
+        // SAFETY: as above.
+        Self::checked(|e, cap| unsafe { (self.set_imm)(value, e, cap) })
     }
 }
 

@@ -5,7 +5,7 @@
 //! Every function that can fail returns 0 on success or -1 after writing the error's text,
 //! NUL-terminated and truncated to `cap` bytes, into `err`.
 //!
-//! Besides its 4 keys of 8 sites, its static call and its alternative, it has the benchmark's
+//! Besides its 4 keys of 8 sites, its static call, its alternative and its immediate value, it has the benchmark's
 //! site groups: one key per size in [`GROUP_SIZES`], controlling exactly that many sites, built
 //! like `textpoke-bench`'s own groups (`crates/textpoke-bench/src/sites.rs`), so that toggling a
 //! key of the plugin can be timed against the same toggle in the executable.
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use textpoke::{StaticKey, static_branch_unlikely};
 
 /// Version of this C API; bumped on any change.
-pub const API_VERSION: u32 = 2;
+pub const API_VERSION: u32 = 3;
 
 /// Sites per key.
 pub const SITES_PER_KEY: usize = 8;
@@ -346,4 +346,22 @@ pub extern "C" fn tpp_alt() -> u64 {
 #[unsafe(no_mangle)]
 pub extern "C" fn tpp_traps_emulated() -> usize {
     textpoke::__private::trap_counts().0
+}
+
+/// The plugin's immediate value; its initial value is [`IMM_INITIAL`].
+static IMM: textpoke::Immediate<u64> = textpoke::Immediate::new(IMM_INITIAL);
+
+/// The value the plugin's immediate is built with.
+pub const IMM_INITIAL: u64 = 0x1111_1111_1111_1111;
+
+/// Reads the plugin's immediate (one of its read sites).
+#[unsafe(no_mangle)]
+pub extern "C" fn tpp_imm() -> u64 {
+    textpoke::imm!(IMM)
+}
+
+/// Sets the plugin's immediate to `value`.
+#[unsafe(no_mangle)]
+pub extern "C" fn tpp_set_imm(value: u64, err: *mut u8, cap: usize) -> i32 {
+    done(IMM.set(value), err, cap)
 }

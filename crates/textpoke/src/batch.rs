@@ -6,6 +6,7 @@ use crate::Result;
 use crate::calls::{CallCore, CallPlan, NoopCall, StaticCall};
 use crate::engine::{self, PatchStats, Poke};
 use crate::functions::{FnChange, FnPlan, Replacement, Tracer};
+use crate::immediates::{ImmCore, ImmPlan, ImmValue, Immediate};
 use crate::keys::{KeyCore, KeyPlan, StaticKey};
 
 /// Pokes of the batch being built, reused across batches (only touched under the patch lock):
@@ -21,9 +22,9 @@ pub(crate) fn release() {
     drop(std::mem::take(&mut *pokes_scratch()));
 }
 
-/// Several key changes, static-call updates and function tracers or replacements applied as
-/// one batch: one validation pass, two
-/// core syncs, and either every site changes or none does.
+/// Several key changes, static-call updates, immediate values and function tracers or
+/// replacements applied as one batch: one validation pass, two core syncs, and either every
+/// site changes or none does.
 ///
 /// ```
 /// use textpoke::{Batch, StaticKey};
@@ -41,6 +42,7 @@ pub struct Batch<'a> {
     changes: Vec<(&'a KeyCore, bool)>,
     calls: Vec<(&'a CallCore, Option<usize>)>,
     functions: Vec<FnChange<'a>>,
+    imms: Vec<(&'a ImmCore, u64)>,
 }
 
 impl<'a> Batch<'a> {
@@ -61,13 +63,9 @@ impl<'a> Batch<'a> {
         self
     }
 
-    /// Sets `key` to `on`.
-    pub fn set<const I: bool>(self, key: &'a StaticKey<I>, on: bool) -> Self {
-        if on {
-            self.enable(key)
-        } else {
-            self.disable(key)
-        }
+    /// Sets a key to `on` (`bool`), or an [`Immediate`] to a value of its type.
+    pub fn set<S: Settable>(self, item: &'a S, value: S::Value) -> Self {
+        item.__set(self, value)
     }
 
     /// Points static call `call` at `f`, which must have the call's declared signature.
@@ -108,8 +106,9 @@ impl<'a> Batch<'a> {
         self
     }
 
-    /// Applies every change as one batch: every site of every key and every trampoline, or
-    /// none of them. A key or call named more than once gets its last change.
+    /// Applies every change as one batch: every site of every key and immediate and every
+    /// trampoline, or none of them. A key, call or immediate named more than once gets its last
+    /// change.
     pub fn commit(mut self) -> Result<PatchStats> {
         // Functions' states change first (a site that jumps finds them); their keys follow in
         // this batch.
@@ -155,22 +154,61 @@ impl<'a> Batch<'a> {
         let mut pokes = pokes_scratch();
         pokes.clear();
         let keys = KeyPlan::new(&self.changes);
+        let imms = ImmPlan::new(&self.imms);
         let result = keys
             .pokes(lock, &mut pokes)
+            .and_then(|()| imms.pokes(lock, &mut pokes))
             .and_then(|()| CallPlan::new(lock, &self.calls, &mut pokes))
             .and_then(|calls| engine::patch(lock, &mut pokes).map(|stats| (calls, stats)));
         match result {
             Ok((calls, stats)) => {
                 keys.commit();
+                imms.commit(lock);
                 calls.commit(held, released);
                 Ok(stats)
             }
             Err(e) => {
                 keys.abort();
                 Err(e.name_items(|addr| {
-                    crate::keys::item_at(lock, addr).or_else(|| crate::calls::item_at(lock, addr))
+                    crate::keys::item_at(lock, addr)
+                        .or_else(|| crate::calls::item_at(lock, addr))
+                        .or_else(|| crate::immediates::item_at(lock, addr))
                 }))
             }
         }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What [`Batch::set`] sets: a [`StaticKey`] (to a `bool`) or an [`Immediate`] (to a value of
+/// its type). Sealed.
+pub trait Settable: sealed::Sealed {
+    /// The type of the value it is set to.
+    type Value;
+    #[doc(hidden)]
+    fn __set<'a>(&'a self, batch: Batch<'a>, value: Self::Value) -> Batch<'a>;
+}
+
+impl<const I: bool> sealed::Sealed for StaticKey<I> {}
+impl<const I: bool> Settable for StaticKey<I> {
+    type Value = bool;
+    fn __set<'a>(&'a self, batch: Batch<'a>, on: bool) -> Batch<'a> {
+        if on {
+            batch.enable(self)
+        } else {
+            batch.disable(self)
+        }
+    }
+}
+
+impl<T: ImmValue> sealed::Sealed for Immediate<T> {}
+impl<T: ImmValue> Settable for Immediate<T> {
+    type Value = T;
+    fn __set<'a>(&'a self, mut batch: Batch<'a>, value: T) -> Batch<'a> {
+        batch.imms.push((self.core(), Immediate::bits(value)));
+        batch
     }
 }

@@ -1,8 +1,9 @@
 //! # textpoke
 //!
 //! The Linux kernel's runtime code patching, for user-space Rust: **static keys** (jump labels),
-//! **static calls** ([`static_call!`]) and **alternatives** chosen by CPU feature
-//! ([`alternative!`], [`multiversion!`], [`alternatives`]), on a batched text-patching engine
+//! **static calls** ([`static_call!`]), **alternatives** chosen by CPU feature
+//! ([`alternative!`], [`multiversion!`], [`alternatives`]) and **immediate values**
+//! ([`imm!`]), on a batched text-patching engine
 //! that stays correct while other threads run the code it changes.
 //!
 //! ```
@@ -39,6 +40,9 @@
 //! - **Patchable functions**: [`#[patchable]`](patchable) puts one NOP at a function's start;
 //!   [`functions`] traces (ftrace's function tracer), profiles and replaces (livepatch) them
 //!   by name while threads call them. Example: `examples/functions.rs`.
+//! - **Immediate values**: [`Immediate`] and [`imm!`]: constants compiled into the code as the
+//!   immediate of a `mov` at every read site, rewritten live by [`Immediate::set`] or in a
+//!   [`Batch`] ([`Batch::set`]). Example: `examples/immediates.rs`.
 //! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call. A
 //!   site is shown with the function it is in, and with the key or static call it belongs to
 //!   ([`Location::item`], an [`Item`]: its Rust path and where it was declared).
@@ -138,16 +142,18 @@ mod engine;
 mod error;
 pub mod features;
 pub mod functions;
+mod immediates;
 mod keys;
 mod location;
 mod os;
 mod table;
 
-pub use batch::Batch;
+pub use batch::{Batch, Settable};
 pub use calls::{NoopCall, StaticCall};
 pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
+pub use immediates::{ImmValue, Immediate};
 pub use keys::StaticKey;
 pub use location::{Item, Location};
 pub use os::ThreadInfo;
@@ -157,6 +163,7 @@ pub use textpoke_macros::patchable;
 /// The site tables textpoke's macros emit, for tools and tests that read them: section names,
 /// entry sizes, and the validated sites.
 pub mod tables {
+    pub use crate::immediates::table::{IMM_ENTRY_SIZE, IMM_SECTION, ImmSite, imm_sites};
     pub use crate::keys::table::{JUMP_ENTRY_SIZE, JUMP_SECTION, JumpSite, jump_sites};
 }
 
@@ -173,6 +180,9 @@ pub mod __private {
     pub use crate::calls::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{
         MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
+    };
+    pub use crate::immediates::{
+        from_bits as imm_from_bits, initial_bits as imm_initial_bits, is_wide as imm_is_wide,
     };
     pub use crate::keys::table::jump_table_bytes;
     pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
@@ -214,6 +224,8 @@ unsafe fn release_on_unload() {
         calls::table::INDEX.release();
         alternatives::table::INDEX.release();
         functions::table::INDEX.release();
+        immediates::table::INDEX.release();
+        immediates::release();
     }
     batch::release();
     engine::release();

@@ -62,3 +62,9 @@ fn functions_example() {
     assert!(out.contains("functions::net::parse"), "{out}");
     assert!(out.contains("\"5:abc\" is refused now"), "{out}");
 }
+
+#[test]
+fn immediates_example() {
+    let out = run("immediates", &[]);
+    assert!(out.contains("SAMPLE_SHIFT = 10 (3 read sites)"), "{out}");
+}

@@ -61,11 +61,18 @@ fn plugins_share_the_executables_patcher() {
             assert_eq!(p.call(5), 7 + (i % 2) as u64);
             assert_eq!(p.alt(), 1, "the first run applies, then runs the default");
             assert_eq!(p.alt(), 2, "now the SSE2 replacement runs");
+            assert_eq!(p.imm(), 0x1111_1111_1111_1111, "built in");
+            p.set_imm(0x2222_2222_0000_0000 + i as u64).unwrap();
+            assert_eq!(p.imm(), 0x2222_2222_0000_0000 + i as u64);
         }
         // Each plugin's keys are its own.
         assert_eq!(plugins[0].run(1), 8);
         plugins[0].set(1, false).unwrap();
         assert_eq!((plugins[0].run(1), plugins[1].run(1)), (0, 8));
+        // So is each plugin's immediate, and a fresh copy starts from its build.
+        assert_eq!(plugins[1].imm(), 0x2222_2222_0000_0001);
+        drop(plugins);
+        assert_eq!(load(0).imm(), 0x1111_1111_1111_1111);
     });
 }
 
@@ -165,6 +172,8 @@ fn cycle(i: usize) {
     p.retarget(1 + i % 3).unwrap();
     assert_eq!(p.call(1), 2 + (i % 3) as u64);
     p.set_all(i as u64).unwrap();
+    p.set_imm(i as u64).unwrap();
+    assert_eq!(p.imm(), i as u64);
     drop(p);
 }
 

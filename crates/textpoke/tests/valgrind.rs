@@ -2,7 +2,9 @@
 //!
 //! Valgrind runs translations of the guest's code, cached, so a write that it is not told about
 //! (and a `pwrite` to `/proc/self/mem` is one) leaves the old code running. `scenario` toggles a
-//! key and retargets static calls while a second thread runs their sites, and checks after every
+//! key, retargets static calls and sets an immediate value while a second thread runs their
+//! sites (a trapped read of the immediate is emulated by writing its register in the signal
+//! frame, which valgrind must hand back), and checks after every
 //! change that the other thread sees it. It runs natively as an ordinary test, and
 //! `under_valgrind` runs it again in a child under `valgrind --error-exitcode=99 -q` (memcheck,
 //! default options), with a watchdog: once as it is, and once with `membarrier` forbidden by a
@@ -15,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use textpoke::{Batch, StaticKey, static_branch_likely, static_branch_unlikely};
+use textpoke::{Batch, Immediate, StaticKey, imm, static_branch_likely, static_branch_unlikely};
 
 /// Set in the child that `under_valgrind` starts: to [`PLAIN`] or [`NO_MEMBARRIER`].
 const CHILD_ENV: &str = "TEXTPOKE_VALGRIND_CHILD";
@@ -62,8 +64,31 @@ fn fast_site(x: u64) -> u64 {
     FAST.call(x)
 }
 
+/// The immediate's values: every byte differs, so a torn read would be none of them.
+const IMMS: [u64; 4] = [
+    0x1111_1111_1111_1111,
+    0x2222_2222_2222_2222,
+    0x3333_3333_3333_3333,
+    0x4444_4444_4444_4444,
+];
+static IMM: Immediate<u64> = Immediate::new(IMMS[0]);
+
+/// The index of the value the immediate's site reads.
+#[inline(never)]
+fn imm_site() -> u64 {
+    let v = imm!(IMM);
+    IMMS.iter().position(|&w| w == v).map_or_else(
+        || {
+            BAD.store(v | 1 << 63, Ordering::SeqCst);
+            0xff
+        },
+        |i| i as u64,
+    )
+}
+
 /// What the other thread saw in its last loop: bit 0 the unlikely site, bit 1 the likely one,
-/// bits 8.. the trampoline call's tag, bits 16.. the inline call's tag.
+/// bits 8.. the trampoline call's tag, bits 16.. the inline call's tag, bits 24.. the index of
+/// the immediate's value.
 static SEEN: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Loops the other thread has finished; bumped after `SEEN` is stored.
 static LOOPS: AtomicU64 = AtomicU64::new(0);
@@ -80,20 +105,22 @@ fn observe(x: u64) -> u64 {
             BAD.store(v | 1 << 63, Ordering::SeqCst);
         }
     }
-    key | ((call % 8) << 8) | ((fast % 8) << 16)
+    key | ((call % 8) << 8) | ((fast % 8) << 16) | (imm_site() << 24)
 }
 
-fn expect(key: bool, call: usize, fast: usize) -> u64 {
-    (key as u64 * 3) | ((call as u64) << 8) | ((fast as u64) << 16)
+fn expect(key: bool, call: usize, fast: usize, imm: usize) -> u64 {
+    (key as u64 * 3) | ((call as u64) << 8) | ((fast as u64) << 16) | ((imm as u64) << 24)
 }
 
 fn describe(seen: u64) -> String {
     format!(
-        "unlikely site {}, likely site {}, trampoline call target {}, inline call target {}",
+        "unlikely site {}, likely site {}, trampoline call target {}, inline call target {}, \
+         immediate value {}",
         seen & 1 != 0,
         seen & 2 != 0,
         (seen >> 8) & 0xff,
-        (seen >> 16) & 0xff
+        (seen >> 16) & 0xff,
+        (seen >> 24) & 0xff
     )
 }
 
@@ -155,11 +182,11 @@ fn run(changes: usize) -> Result<String, String> {
         }
     });
     let result = (|| {
-        check("start", expect(false, 0, 0))?;
-        let (mut on, mut call, mut fast) = (false, 0usize, 0usize);
+        check("start", expect(false, 0, 0, 0))?;
+        let (mut on, mut call, mut fast, mut imm) = (false, 0usize, 0usize, 0usize);
         let err = |what: &str, e: textpoke::Error| format!("{what}: {e}");
         for i in 0..changes {
-            let what = match i % 4 {
+            let what = match i % 5 {
                 0 => {
                     on = !on;
                     if on { KEY.enable() } else { KEY.disable() }
@@ -178,20 +205,27 @@ fn run(changes: usize) -> Result<String, String> {
                         .map_err(|e| err("inline retarget", e))?;
                     "an inline-site retarget"
                 }
+                3 => {
+                    imm = (imm + 1 + i / 5 % 3) % 4;
+                    IMM.set(IMMS[imm]).map_err(|e| err("immediate", e))?;
+                    "an immediate's new value"
+                }
                 _ => {
                     on = !on;
                     call = (call + 1) % 4;
                     fast = (fast + 3) % 4;
+                    imm = (imm + 1) % 4;
                     Batch::new()
                         .set(&KEY, on)
                         .update(&CALL, TAGS[call])
                         .update(&FAST, CTAGS[fast])
+                        .set(&IMM, IMMS[imm])
                         .commit()
                         .map_err(|e| err("batch", e))?;
-                    "a batch of all three"
+                    "a batch of all four"
                 }
             };
-            check(&format!("change {i} ({what})"), expect(on, call, fast))?;
+            check(&format!("change {i} ({what})"), expect(on, call, fast, imm))?;
         }
         let (emulated, rewound) = textpoke::__private::trap_counts();
         if pause && emulated == 0 {

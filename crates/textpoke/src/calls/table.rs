@@ -138,6 +138,7 @@ fn build(lock: &PatchGuard) -> Result<CallIndex> {
             call.core,
             size_of::<CallCore>(),
             CallCore::SIGNATURE,
+            true, // written: the call's state changes
         )?;
         if TrampolineForm::Near(call.initial)
             .code(call.trampoline)

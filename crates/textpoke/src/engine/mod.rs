@@ -109,6 +109,24 @@ impl Poke {
         }
     }
 
+    /// A change of code at `addr` from state `from` to state `to`: `code` gives a state's
+    /// bytes (or why it has none), `insn` the instruction they are.
+    pub fn between<S: Copy>(
+        addr: usize,
+        from: S,
+        to: S,
+        code: impl Fn(S) -> Result<Code>,
+        insn: impl Fn(S) -> Insn,
+    ) -> Result<Self> {
+        Ok(Poke::code(
+            addr,
+            code(from)?,
+            code(to)?,
+            insn(to),
+            insn(from),
+        ))
+    }
+
     /// A change of data in a text segment that no thread reads while the batch runs.
     pub fn data(addr: usize, old: Code, new: Code) -> Self {
         Poke {

@@ -75,7 +75,14 @@ fn build() -> Result<FnIndex> {
         // An offset of 0 resolves to the field itself: no code recorded.
         let code_field = entries.field(index, 1);
         let no_code = code_field == table.start + index * FN_ENTRY_SIZE + 4;
-        table.check_target(object, index, meta, size_of::<FnMeta>(), FnMeta::SIGNATURE)?;
+        table.check_target(
+            object,
+            index,
+            meta,
+            size_of::<FnMeta>(),
+            FnMeta::SIGNATURE,
+            true,
+        )?;
         if !no_code {
             table.check_text(object, "function", code_field, 1)?;
         }

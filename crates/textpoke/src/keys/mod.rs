@@ -234,13 +234,7 @@ fn poke(site: &JumpSite, from: bool, to: bool) -> Result<Poke> {
             }
         })
     };
-    Ok(Poke::code(
-        site.addr,
-        code(from)?,
-        code(to)?,
-        insn(site, to),
-        insn(site, from),
-    ))
+    Poke::between(site.addr, from, to, code, |enabled| insn(site, enabled))
 }
 
 /// Adds the pokes that move every site of each key from its `from` state to its `to` state.

@@ -114,7 +114,15 @@ fn build(lock: &PatchGuard, (start, stop): (usize, usize)) -> Result<JumpIndex> 
         }
         table.check_text(object, "site", addr, JUMP_LABEL_LEN)?;
         table.check_text(object, "jump target", target, 1)?;
-        table.check_target(object, index, key, size_of::<KeyCore>(), KeyCore::SIGNATURE)?;
+        // Written: the key's count changes.
+        table.check_target(
+            object,
+            index,
+            key,
+            size_of::<KeyCore>(),
+            KeyCore::SIGNATURE,
+            true,
+        )?;
         sites.push(JumpSite {
             addr,
             target,

@@ -129,7 +129,9 @@ impl Table {
     }
 
     /// Checks that entry `index` points at a live textpoke object of `size` bytes whose
-    /// signature (a `u32` at `magic_offset`) is `magic`, in a writable segment of `object`.
+    /// signature (a `u32` at `magic_offset`) is `magic`, in a readable segment of `object`,
+    /// and a writable one if `writable` (an object that is never written, a `static` without
+    /// interior mutability, may be placed in a read-only segment).
     pub fn check_target(
         &self,
         object: &Object,
@@ -137,6 +139,7 @@ impl Table {
         addr: usize,
         size: usize,
         (magic_offset, magic): (usize, u32),
+        writable: bool,
     ) -> Result<()> {
         let reject = |why| Error::UnknownKey {
             table: self.name,
@@ -150,11 +153,14 @@ impl Table {
         let Some(seg) = object.segments.iter().find(|s| s.contains(addr, size)) else {
             return Err(reject("outside the declaring object's segments"));
         };
-        if !seg.write || !seg.read {
+        if !seg.read {
+            return Err(reject("not in a readable segment"));
+        }
+        if writable && !seg.write {
             return Err(reject("not in a readable, writable segment"));
         }
-        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, readable and
-        // writable segment of the object; the signature is read as plain data.
+        // SAFETY: `addr` is 8-aligned and `size` bytes of it lie in a mapped, readable segment
+        // of the object; the signature is read as plain data.
         let found = unsafe { std::ptr::read_volatile((addr + magic_offset) as *const u32) };
         if found != magic {
             return Err(reject(

@@ -33,6 +33,17 @@ pub enum Insn {
     },
     /// `ret`.
     Ret,
+    /// `mov` of an immediate into general register `reg` (0 `rax` to 15 `r15`, in encoding
+    /// order), `len` bytes long.
+    MovImm {
+        /// Destination register number.
+        reg: u8,
+        /// The whole register's value afterwards (a 32-bit `mov` has zero-extended its
+        /// immediate).
+        value: u64,
+        /// Length of the instruction.
+        len: u8,
+    },
 }
 
 /// An [`Insn`] (or none) in the frozen layout of the `v1` rendezvous: a copy of textpoke in a
@@ -54,6 +65,8 @@ const WIRE_JMP: u8 = 2;
 const WIRE_CALL: u8 = 3;
 const WIRE_JCC: u8 = 4;
 const WIRE_RET: u8 = 5;
+/// `cc` holds the register, `target` the value.
+const WIRE_MOV_IMM: u8 = 6;
 
 impl WireInsn {
     /// No instruction: the poke is data that no thread executes.
@@ -78,6 +91,9 @@ impl WireInsn {
             Some(Insn::Call { target, len }) => Self::raw(WIRE_CALL, len, 0, target),
             Some(Insn::Jcc { cc, target, len }) => Self::raw(WIRE_JCC, len, cc, target),
             Some(Insn::Ret) => Self::raw(WIRE_RET, 0, 0, 0),
+            Some(Insn::MovImm { reg, value, len }) => {
+                Self::raw(WIRE_MOV_IMM, len, reg, value as usize)
+            }
         }
     }
 
@@ -104,20 +120,49 @@ impl WireInsn {
                 len: self.len,
             },
             WIRE_RET => Insn::Ret,
+            WIRE_MOV_IMM if (self.cc as usize) < GPRS => Insn::MovImm {
+                reg: self.cc,
+                value: self.target as u64,
+                len: self.len,
+            },
             other => return Err(other),
         }))
     }
 }
+
+/// Number of general registers.
+pub const GPRS: usize = 16;
+/// `rsp`'s number in [`Regs::gpr`].
+const RSP: usize = 4;
 
 /// The registers of a trapped thread that emulation reads or changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Regs {
     /// Saved `rip`.
     pub pc: usize,
-    /// Saved `rsp`.
-    pub sp: usize,
     /// Saved `rflags`.
     pub flags: u64,
+    /// Saved general registers in encoding order (`rax`, `rcx`, `rdx`, `rbx`, `rsp`, `rbp`,
+    /// `rsi`, `rdi`, `r8` to `r15`): the numbers instructions name them by.
+    pub gpr: [u64; GPRS],
+}
+
+impl Regs {
+    /// A thread at `pc` with stack pointer `sp`, `flags`, and every other register zero.
+    pub fn new(pc: usize, sp: usize, flags: u64) -> Self {
+        let mut gpr = [0; GPRS];
+        gpr[RSP] = sp as u64;
+        Regs { pc, flags, gpr }
+    }
+
+    /// Saved `rsp`.
+    pub fn sp(&self) -> usize {
+        self.gpr[RSP] as usize
+    }
+
+    fn set_sp(&mut self, sp: usize) {
+        self.gpr[RSP] = sp as u64;
+    }
 }
 
 const CF: u64 = 1 << 0;
@@ -154,9 +199,9 @@ pub unsafe fn emulate(insn: Insn, addr: usize, regs: &mut Regs) {
         Insn::Nop { len } => regs.pc = addr + len as usize,
         Insn::Jmp { target } => regs.pc = target,
         Insn::Call { target, len } => {
-            regs.sp -= 8;
+            regs.set_sp(regs.sp() - 8);
             // SAFETY: the caller guarantees the stack is valid for the push `call` would do.
-            unsafe { (regs.sp as *mut usize).write(addr + len as usize) };
+            unsafe { (regs.sp() as *mut usize).write(addr + len as usize) };
             regs.pc = target;
         }
         Insn::Jcc { cc, target, len } => {
@@ -168,8 +213,14 @@ pub unsafe fn emulate(insn: Insn, addr: usize, regs: &mut Regs) {
         }
         Insn::Ret => {
             // SAFETY: the caller guarantees the stack holds the return address `ret` would pop.
-            regs.pc = unsafe { (regs.sp as *const usize).read() };
-            regs.sp += 8;
+            regs.pc = unsafe { (regs.sp() as *const usize).read() };
+            regs.set_sp(regs.sp() + 8);
+        }
+        Insn::MovImm { reg, value, len } => {
+            // A register number the wire form let through is below GPRS; the mask keeps a
+            // hand-made `Insn` from indexing out of bounds (no panic in a signal handler).
+            regs.gpr[reg as usize % GPRS] = value;
+            regs.pc = addr + len as usize;
         }
     }
 }
@@ -241,11 +292,7 @@ mod tests {
         for cc in 0..16u8 {
             let mut outcomes = [false; 2];
             for flags in flag_combinations() {
-                let mut regs = Regs {
-                    pc: 0x2001,
-                    sp: 0x7000,
-                    flags,
-                };
+                let mut regs = Regs::new(0x2001, 0x7000, flags);
                 let jcc = Insn::Jcc {
                     cc,
                     target: 0x9000,
@@ -260,7 +307,7 @@ mod tests {
                     "cc {cc} flags {flags:#x}"
                 );
                 assert_eq!(
-                    (regs.sp, regs.flags),
+                    (regs.sp(), regs.flags),
                     (0x7000, flags),
                     "Jcc changes only rip"
                 );
@@ -272,11 +319,7 @@ mod tests {
 
     #[test]
     fn jcc_emulation_takes_or_falls_through() {
-        let mut regs = Regs {
-            pc: 0x1001,
-            sp: 0,
-            flags: ZF,
-        };
+        let mut regs = Regs::new(0x1001, 0, ZF);
         let je = Insn::Jcc {
             cc: 4,
             target: 0x5000,
@@ -295,35 +338,70 @@ mod tests {
     fn call_pushes_return_address_and_ret_pops_it() {
         let mut stack = [0usize; 4];
         let top = stack.as_mut_ptr() as usize + 4 * 8;
-        let mut regs = Regs {
-            pc: 0x1001,
-            sp: top,
-            flags: 0,
-        };
+        let mut regs = Regs::new(0x1001, top, 0);
         let call = Insn::Call {
             target: 0x9000,
             len: 5,
         };
         // SAFETY: `stack` has room for the push, and the pop reads what was pushed.
         unsafe { emulate(call, 0x1000, &mut regs) };
-        assert_eq!((regs.pc, regs.sp, stack[3]), (0x9000, top - 8, 0x1005));
+        assert_eq!((regs.pc, regs.sp(), stack[3]), (0x9000, top - 8, 0x1005));
         // SAFETY: as above.
         unsafe { emulate(Insn::Ret, 0x9000, &mut regs) };
-        assert_eq!((regs.pc, regs.sp), (0x1005, top));
+        assert_eq!((regs.pc, regs.sp()), (0x1005, top));
     }
 
     #[test]
     fn nop_and_jmp() {
-        let mut regs = Regs {
-            pc: 0x1001,
-            sp: 0,
-            flags: 0,
-        };
+        let mut regs = Regs::new(0x1001, 0, 0);
         // SAFETY: neither touches memory.
         unsafe { emulate(Insn::Nop { len: 5 }, 0x1000, &mut regs) };
         assert_eq!(regs.pc, 0x1005);
         // SAFETY: as above.
         unsafe { emulate(Insn::Jmp { target: 0x42 }, 0x1000, &mut regs) };
         assert_eq!(regs.pc, 0x42);
+    }
+
+    #[test]
+    fn mov_imm_writes_every_register_and_only_it() {
+        for reg in 0..GPRS as u8 {
+            for (value, len) in [(0x2222_2222u64, 5u8), (0x1111_1111_2222_2222, 10)] {
+                let mut regs = Regs::new(0x1001, 0x7000, 0x202);
+                for (i, r) in regs.gpr.iter_mut().enumerate() {
+                    *r = 0xdead_0000 + i as u64;
+                }
+                let before = regs;
+                // SAFETY: MovImm touches no memory.
+                unsafe { emulate(Insn::MovImm { reg, value, len }, 0x1000, &mut regs) };
+                assert_eq!(regs.pc, 0x1000 + len as usize, "reg {reg}");
+                assert_eq!(regs.flags, before.flags, "mov leaves the flags");
+                for i in 0..GPRS {
+                    let want = if i == reg as usize {
+                        value
+                    } else {
+                        before.gpr[i]
+                    };
+                    assert_eq!(regs.gpr[i], want, "reg {reg}, register {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mov_imm_survives_the_wire_form() {
+        for reg in 0..GPRS as u8 {
+            let insn = Insn::MovImm {
+                reg,
+                value: u64::MAX - reg as u64,
+                len: 10,
+            };
+            assert_eq!(WireInsn::of(Some(insn)).get(), Ok(Some(insn)));
+        }
+        let bad = WireInsn::raw(WIRE_MOV_IMM, 5, GPRS as u8, 0);
+        assert_eq!(
+            bad.get(),
+            Err(WIRE_MOV_IMM),
+            "a register beyond r15 is refused"
+        );
     }
 }

@@ -7,8 +7,10 @@ mod nop;
 mod relocate;
 mod trampoline;
 
-pub use emulate::{Insn, Regs, WireInsn, condition_holds, emulate};
-pub use encode::{CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code};
+pub use emulate::{GPRS, Insn, Regs, WireInsn, condition_holds, emulate};
+pub use encode::{
+    CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code, mov_imm_code, mov_imm_len,
+};
 pub use first_use::FIRST_USE_LEN;
 pub(crate) use first_use::save_all_and_call;
 pub use nop::{fill_padding, is_nop, nop_len};
@@ -236,5 +238,68 @@ macro_rules! __patchable_record {
                 options(nomem, nostack, preserves_flags),
             )
         }
+    };
+}
+
+/// Emits one immediate-value read site. Used by the public `imm!` macro only (and, with an
+/// explicit register named in its 64- and 32-bit forms, by tests of every register).
+///
+/// The site is `mov r32, imm32` (values of up to 32 bits) or `movabs r64, imm64`, holding the
+/// immediate's compile-time value, into a register the compiler picks. The 12-byte table entry
+/// holds the site and the immediate as position-relative 32-bit offsets, then the register's
+/// number, found by the assembler comparing the register's name (so the table says which
+/// register the bytes must name, and validation checks it), then three zero bytes. The section
+/// is allocated, read-only and retained. Not `pure`: the compiler must not hoist a read out of
+/// a loop, or the loop would never see a new value.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __arch_imm {
+    ($imm:path) => {
+        $crate::__arch_imm!(@emit $imm, reg, "{0}", "{0:e}")
+    };
+    ($imm:path, $r64:tt, $r32:tt) => {
+        $crate::__arch_imm!(@emit $imm, $r64, $r64, $r32)
+    };
+    (@emit $imm:path, $spec:tt, $r64:tt, $r32:tt) => {{
+        let bits: u64;
+        // SAFETY: the asm writes only `bits` (with a `mov` of a constant) and emits a table
+        // entry in a non-executable section; it touches no other register, memory, stack or
+        // flags.
+        unsafe {
+            ::core::arch::asm!(
+                "2:",
+                ".if {wide}",
+                concat!("movabs ", $r64, ", {bits}"),
+                ".else",
+                concat!("mov ", $r32, ", {bits}"),
+                ".endif",
+                ".pushsection textpoke_imm_v1,\"aR\",@progbits",
+                ".balign 4",
+                ".long 2b - .",
+                ".long {imm} - .",
+                $crate::__arch_reg_number!($r64),
+                ".byte 0, 0, 0",
+                ".popsection",
+                out($spec) bits,
+                imm = sym $imm,
+                wide = const $crate::__private::imm_is_wide(&$imm) as u8,
+                bits = const $crate::__private::imm_initial_bits(&$imm),
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        $crate::__private::imm_from_bits(&$imm, bits)
+    }};
+}
+
+/// Assembler lines that emit the number (0 to 15) of the 64-bit register named `$r64`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __arch_reg_number {
+    ($r64:literal) => {
+        $crate::__arch_reg_number!(@each $r64, rax 0, rcx 1, rdx 2, rbx 3, rsp 4, rbp 5, rsi 6,
+            rdi 7, r8 8, r9 9, r10 10, r11 11, r12 12, r13 13, r14 14, r15 15)
+    };
+    (@each $r64:literal, $($name:ident $n:literal),*) => {
+        concat!($(".ifc ", $r64, ",", stringify!($name), "\n.byte ", $n, "\n.endif\n",)*)
     };
 }

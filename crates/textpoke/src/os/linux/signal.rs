@@ -275,17 +275,40 @@ unsafe fn breakpoint(uc: *mut libc::ucontext_t) -> bool {
     let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
     let mut regs = Regs {
         pc: gregs[libc::REG_RIP as usize] as usize,
-        sp: gregs[libc::REG_RSP as usize] as usize,
         flags: gregs[libc::REG_EFL as usize] as u64,
+        gpr: GREGS.map(|g| gregs[g as usize] as u64),
     };
     // SAFETY: `regs` is this trapped thread's state, as `on_breakpoint` requires.
     if !unsafe { crate::engine::on_breakpoint(&mut regs) } {
         return false;
     }
     gregs[libc::REG_RIP as usize] = regs.pc as i64;
-    gregs[libc::REG_RSP as usize] = regs.sp as i64;
+    for (g, value) in GREGS.iter().zip(regs.gpr) {
+        gregs[*g as usize] = value as i64;
+    }
     true
 }
+
+/// Where the ucontext keeps each register of [`Regs::gpr`] (whose order is the instruction
+/// encoding's; the kernel's is its own).
+const GREGS: [libc::c_int; crate::arch::GPRS] = [
+    libc::REG_RAX,
+    libc::REG_RCX,
+    libc::REG_RDX,
+    libc::REG_RBX,
+    libc::REG_RSP,
+    libc::REG_RBP,
+    libc::REG_RSI,
+    libc::REG_RDI,
+    libc::REG_R8,
+    libc::REG_R9,
+    libc::REG_R10,
+    libc::REG_R11,
+    libc::REG_R12,
+    libc::REG_R13,
+    libc::REG_R14,
+    libc::REG_R15,
+];
 
 /// Passes a trap that is not (only) ours down the chain stack: to the newest entry the first
 /// time we see this frame, to the next older one each time the chain comes back to us.
