@@ -279,7 +279,7 @@ pub(crate) fn read_mapped(addr: usize, len: usize) -> Option<Vec<u8>> {
 
 /// The bytes of the function at `addr`, up to the end of its (readable) executable segment or
 /// `max` bytes.
-fn function_bytes(addr: usize, max: usize) -> Result<Vec<u8>> {
+pub(crate) fn function_bytes(addr: usize, max: usize) -> Result<Vec<u8>> {
     let seg = textpoke::__private::loaded_objects()
         .iter()
         .find_map(|o| o.text_segment(addr, 1))

@@ -101,13 +101,13 @@ seq_macro::seq!(I in 0..1000 {
 #[derive(Clone, Debug, clap::Args)]
 pub struct ImmArgs {
     /// Iterations per repetition of each warm read loop (the cold loops run 1/100 as many).
-    #[arg(long, default_value_t = 100_000_000)]
+    #[arg(long = "imm-iters", id = "imm_iters", default_value_t = 100_000_000)]
     pub iters: u64,
     /// Repetitions of each read loop; the median is reported.
-    #[arg(long, default_value_t = 21)]
+    #[arg(long = "imm-reps", id = "imm_reps", default_value_t = 21)]
     pub reps: usize,
     /// Timed `set`s of the immediate with 1,000 sites; the median is reported.
-    #[arg(long, default_value_t = 101)]
+    #[arg(long = "imm-samples", id = "imm_samples", default_value_t = 101)]
     pub samples: usize,
 }
 
@@ -134,20 +134,20 @@ pub struct ImmRow {
     /// Core syncs of the last `set`.
     pub imm_set_syncs: usize,
     /// Reads the busy thread made (and checked) while the `set`s ran.
-    pub busy_reads: u64,
+    pub imm_busy_reads: u64,
     /// Iterations per repetition of the warm loops.
-    pub iters: u64,
+    pub imm_iters: u64,
     /// Repetitions of each loop.
-    pub reps: usize,
+    pub imm_reps: usize,
     /// How it was measured.
-    pub note: String,
+    pub imm_note: String,
 }
 
 /// Measures everything; the calling thread is pinned to one CPU meanwhile.
 pub fn run(args: &ImmArgs) -> Result<ImmRow> {
     if args.iters == 0 || args.reps == 0 || args.samples == 0 {
         return Err(BenchError::new(
-            "--iters, --reps and --samples must be at least 1",
+            "--imm-iters, --imm-reps and --imm-samples must be at least 1",
         ));
     }
     READ_ATOMIC.0.store(black_box(7), Ordering::Relaxed);
@@ -188,10 +188,10 @@ pub fn run(args: &ImmArgs) -> Result<ImmRow> {
         imm_set_sites: stats.sites,
         imm_set_writes: stats.writes,
         imm_set_syncs: stats.syncs,
-        busy_reads,
-        iters: args.iters,
-        reps: args.reps,
-        note,
+        imm_busy_reads: busy_reads,
+        imm_iters: args.iters,
+        imm_reps: args.reps,
+        imm_note: note,
     })
 }
 
@@ -273,7 +273,7 @@ pub fn print_table(r: &ImmRow) -> Result<()> {
         ("AtomicU32 read, cold (ns)", r.atomic_cold_read_ns),
         ("imm set, 1,000 sites (us)", r.imm_set_us),
     ];
-    crate::print_rows(("what", "median"), &rows, &r.note)
+    crate::print_rows(("what", "median"), &rows, &r.imm_note)
 }
 
 #[cfg(test)]
@@ -303,8 +303,8 @@ mod tests {
         assert_eq!(v["imm_set_sites"].as_u64(), Some(SET_SITE_COUNT as u64));
         assert_eq!(v["imm_set_syncs"].as_u64(), Some(2));
         assert!(v["imm_set_writes"].as_u64().is_some_and(|w| w >= 3));
-        assert_eq!(v["reps"].as_u64(), Some(3));
-        assert!(v["note"].as_str().is_some_and(|n| !n.is_empty()));
+        assert_eq!(v["imm_reps"].as_u64(), Some(3));
+        assert!(v["imm_note"].as_str().is_some_and(|n| !n.is_empty()));
         Ok(())
     }
 }

@@ -12,9 +12,12 @@
 //! - `alt`: the time of one `alternatives::apply()` of 1,000 instruction-level alternatives
 //!   (each in a forked child), and ns per call of a direct call, a textpoke function-level
 //!   alternative (`multiversion!`, both forms) and the `multiversion` crate;
-//! - `functions`: ns per read of an immediate value against an `AtomicU32` load, warm and with
-//!   the variable's line evicted, and the time of one `set` of an immediate with 1,000 read
-//!   sites while a busy thread reads them;
+//! - `functions`: ns per call of a plain function, of the same `#[textpoke::patchable]` while
+//!   disabled and traced, and under the `tracing` crate's `#[instrument]`; the time of tracing
+//!   1,000 functions in one batch and of replacing one, while a busy thread calls them; ns per
+//!   read of an immediate value against an `AtomicU32` load, warm and with the variable's line
+//!   evicted, and the time of one `set` of an immediate with 1,000 read sites while a busy
+//!   thread reads them;
 //! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
 //!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
@@ -27,6 +30,7 @@ mod branch;
 mod call;
 mod cold;
 mod dispatch;
+mod functions;
 mod imm;
 mod peer;
 mod plot;
@@ -117,8 +121,9 @@ enum Command {
     /// Time to apply 1,000 instruction-level alternatives (forked children); ns per call of a
     /// direct call, textpoke's multiversion! (both forms) and the multiversion crate.
     Alt(alt::AltArgs),
-    /// ns per read of an immediate value vs an AtomicU32 load (warm, and with the line
-    /// evicted); the time of one `set` of an immediate with 1,000 read sites, busy thread.
+    /// ns per call: plain, patchable (disabled, traced), tracing's #[instrument]; tracing 1,000
+    /// functions and replacing one, busy thread; ns per read of an immediate value vs an
+    /// AtomicU32 load; the time of one `set` of an immediate with 1,000 read sites.
     Functions(FunctionsArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
@@ -141,7 +146,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Branch(args) => emit(args.json, &branch::run(&args)?, branch::print_table),
         Command::Call(args) => emit(args.json, &call::run(&args)?, call::print_table),
         Command::Alt(args) => emit(args.json, &alt::run(&args)?, alt::print_table),
-        Command::Functions(args) => emit(args.json, &imm::run(&args.imm)?, imm::print_table),
+        Command::Functions(args) => {
+            let row = FunctionsRow {
+                functions: functions::measure(&args.functions)?,
+                imm: imm::run(&args.imm)?,
+            };
+            emit(args.json, &row, |r| {
+                functions::print_table(&r.functions)?;
+                imm::print_table(&r.imm)
+            })
+        }
         Command::Raw(args) => emit(args.json, &raw::run(&args)?, raw::print_table),
     }
 }
@@ -150,10 +164,21 @@ fn run(cli: Cli) -> Result<()> {
 #[derive(clap::Args)]
 struct FunctionsArgs {
     #[command(flatten)]
+    functions: functions::FunctionsArgs,
+    #[command(flatten)]
     imm: imm::ImmArgs,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The `functions` subcommand's one JSON object: patchable functions' fields and immediates'.
+#[derive(serde::Serialize)]
+struct FunctionsRow {
+    #[serde(flatten)]
+    functions: functions::FunctionsRow,
+    #[serde(flatten)]
+    imm: imm::ImmRow,
 }
 
 /// Prints a subcommand's one result: a JSON line, or its table.

@@ -439,7 +439,7 @@ fn check_toggle(lib: &str, sites: SiteFns, mut set: impl FnMut(bool) -> Result<(
 /// `stop` is set. A thread that cannot be pinned calls `unpinned(i)` (so that whoever waits
 /// for it is released) and fails. `body` runs only if every thread started; `stop` is set and
 /// every thread joined before this returns, with what `body` and each thread returned.
-fn with_threads<T, R: Send>(
+pub(crate) fn with_threads<T, R: Send>(
     threads: usize,
     placement: Option<&Placement>,
     stop: &AtomicBool,
@@ -603,7 +603,7 @@ fn time_toggles(
 
 /// Pins the calling thread to the patcher's CPU of a placement over the CPUs it may use, unless
 /// `no_pin`; the guard gives the thread its mask back when dropped.
-fn place(no_pin: bool) -> Result<(RestoreAffinity, Option<Placement>)> {
+pub(crate) fn place(no_pin: bool) -> Result<(RestoreAffinity, Option<Placement>)> {
     let saved = affinity::current()?;
     let restore = RestoreAffinity(saved);
     if no_pin {

@@ -230,6 +230,7 @@ fn print_summary(r: &demo::Report) {
         n(r.traps_rewound as u64)
     );
     println!("{}", r.functions.summary());
+    println!("{}", r.immediates.summary());
     if let Some(p) = &r.plugins {
         println!(
             "{} plugins: {} loads, {} unloads (reload median {:.0} µs); {} plugin site calls \
@@ -254,7 +255,8 @@ fn print_summary(r: &demo::Report) {
     }
     if r.ok() {
         println!(
-            "inconsistencies: 0 — every call matched its key's, static call's or function's history"
+            "inconsistencies: 0 — every call and read matched its key's, static call's, function's or \
+             immediate's history"
         );
     } else {
         println!("inconsistencies: {} — FAILED", r.inconsistencies);

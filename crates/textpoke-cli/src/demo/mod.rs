@@ -1,10 +1,13 @@
 //! `textpoke demo`: worker threads call thousands of static-branch sites and a few static
-//! calls while the main thread toggles the keys and retargets the calls as fast as it can.
-//! Every call is checked against the history of the key or call behind it.
+//! calls, patchable functions and immediate values while the main thread toggles the keys,
+//! retargets the calls, changes the functions and sets the immediates as fast as it can.
+//! Every call and read is checked against the history of the key, call, function or immediate
+//! behind it.
 
 pub mod calls;
 pub mod functions;
 mod history;
+pub mod immediates;
 pub mod plugins;
 pub mod sites;
 
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use functions::FunctionReport;
 use history::{History, key_consistent};
+use immediates::ImmediateReport;
 use plugins::{PluginReport, Plugins};
 use serde::Serialize;
 use sites::{KEY_LIST, KEYS, MAX_SITES, PER_KEY};
@@ -86,6 +90,10 @@ pub struct Report {
     /// JSON object).
     #[serde(flatten)]
     pub functions: FunctionReport,
+    /// What happened to the immediate values (its fields are flattened into the report's JSON
+    /// object).
+    #[serde(flatten)]
+    pub immediates: ImmediateReport,
 }
 
 impl Report {
@@ -134,6 +142,7 @@ struct Histories {
     initial: Vec<bool>,
     calls: [History; calls::CALLS],
     functions: functions::Shared,
+    immediates: immediates::Shared,
 }
 
 #[derive(Default)]
@@ -144,6 +153,7 @@ struct WorkerTally {
     inconsistencies: u64,
     plugins: plugins::WorkerTally,
     functions: functions::WorkerTally,
+    immediates: immediates::WorkerTally,
 }
 
 #[derive(Default)]
@@ -234,6 +244,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         initial: KEY_LIST[..keys].iter().map(|k| k.is_enabled()).collect(),
         calls: Default::default(),
         functions: Default::default(),
+        immediates: Default::default(),
     };
     let sites: Vec<sites::Site> = (0..config.sites).map(sites::site).collect();
     let (emulated0, rewound0) = textpoke::__private::trap_counts();
@@ -247,6 +258,13 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     }
     let mut changer = if toggler.errors.is_empty() {
         functions::Changer::new(&histories.functions)
+            .map_err(|e| toggler.errors.push(e))
+            .ok()
+    } else {
+        None
+    };
+    let mut setter = if toggler.errors.is_empty() {
+        immediates::Setter::new(&histories.immediates)
             .map_err(|e| toggler.errors.push(e))
             .ok()
     } else {
@@ -275,7 +293,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             })
             .collect();
         let mut bar = Reporter::new(config.progress, config.duration);
-        if let Some(changer) = changer.as_mut()
+        if let (Some(changer), Some(setter)) = (changer.as_mut(), setter.as_mut())
             && toggler.errors.is_empty()
         {
             let plugins = plugins
@@ -285,7 +303,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
                 started + config.duration,
                 &histories,
                 &mut toggler,
-                (changer, plugins),
+                (changer, setter, plugins),
                 &mut bar,
             );
         }
@@ -329,6 +347,13 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             c.finish(&workers, &mut toggler.errors)
         })
         .unwrap_or_default();
+    let immediate_report = setter
+        .map(|s| {
+            let workers: Vec<&immediates::WorkerTally> =
+                tallies.iter().map(|t| &t.immediates).collect();
+            s.finish(&workers, &mut toggler.errors)
+        })
+        .unwrap_or_default();
     let (emulated1, rewound1) = textpoke::__private::trap_counts();
     let mut times: Vec<f64> = toggler.causes.iter().map(|c| c.0).collect();
     times.sort_unstable_by(f64::total_cmp);
@@ -350,7 +375,8 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             + sites_wrong
             + calls_wrong
             + plugin_inconsistencies
-            + function_report.function_inconsistencies,
+            + function_report.function_inconsistencies
+            + immediate_report.immediate_inconsistencies,
         toggle_us_median: median,
         toggle_us_p99: percentile(&times, 0.99),
         tail: tail(&toggler.causes, median),
@@ -359,6 +385,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         errors: toggler.errors,
         plugins: plugin_report,
         functions: function_report,
+        immediates: immediate_report,
     })
 }
 
@@ -442,8 +469,8 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Calls every site in turn, and a static call and a patchable function after every fourth,
-/// until told to stop, checking each result. With plugins, after every sixteenth site it also
+/// Calls every site in turn, and after every fourth a static call, a patchable function and a
+/// reader of every immediate, until told to stop, checking each result. With plugins, after every sixteenth site it also
 /// runs one plugin key's sites and the plugin's static call (see [`Plugins::visit`]).
 fn work(
     first: usize,
@@ -489,6 +516,9 @@ fn work(
                 let f = (n / 4) % functions::FUNCTIONS;
                 h.functions.visit(f, fx, &mut tally.functions);
             }
+            if n % 4 == 1 {
+                h.immediates.visit(n / 4, &mut tally.immediates);
+            }
             if let Some(p) = plugins
                 && n % 16 == 8
             {
@@ -503,15 +533,18 @@ fn work(
 /// Flips keys and retargets static calls until `deadline`: single changes, `inc`/`dec`, and
 /// batches that mix several keys with a static call, and a tracer and a replacement. The rounds
 /// without such a batch also make one change of functions alone (see
-/// [`functions::Changer::change_alone`]). With plugins, each round also makes one change to a
+/// [`functions::Changer::change_alone`]). Every round also sets immediates: within its batch of keys
+/// and a static call, or alone in the `inc`/`dec` rounds (see
+/// [`immediates::Setter::change_alone`]). With plugins, each round also makes one change to a
 /// plugin (see [`Plugins::change`]), and every `reload` one slot's plugin is unloaded and
 /// loaded afresh, the slots in turn.
 fn toggle_until(
     deadline: Instant,
     h: &Histories,
     t: &mut TogglerTally,
-    (fns, mut plugins): (
+    (fns, imms, mut plugins): (
         &mut functions::Changer<'_>,
+        &mut immediates::Setter<'_>,
         Option<(&Plugins, &mut plugins::TogglerTally, Duration)>,
     ),
     bar: &mut Reporter,
@@ -554,11 +587,13 @@ fn toggle_until(
             let batch = chosen.iter().fold(textpoke::Batch::new(), |b, &k| {
                 KEY_LIST[k].set(b, !KEY_LIST[k].is_enabled())
             });
+            let batch = imms.join(round, batch);
             if round % 4 == 3 {
                 retarget(h, call, fns.join(round, batch), t).map(|()| fns.joined(round))
             } else {
                 retarget(h, call, batch, t)
             }
+            .map(|()| imms.joined(round))
         };
         if let Err(e) = result {
             t.errors.push(e.to_string());
@@ -572,6 +607,12 @@ fn toggle_until(
         t.key_toggles += chosen.len() as u64 + (round % 4 == 1) as u64;
         if round % 4 != 3
             && let Err(e) = fns.change_alone(round)
+        {
+            t.errors.push(e);
+            break;
+        }
+        if round % 4 == 1
+            && let Err(e) = imms.change_alone(round)
         {
             t.errors.push(e);
             break;
