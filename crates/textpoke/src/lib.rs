@@ -185,6 +185,7 @@ pub mod __private {
         from_bits as imm_from_bits, initial_bits as imm_initial_bits, is_wide as imm_is_wide,
     };
     pub use crate::keys::table::jump_table_bytes;
+    pub use crate::os::{BoundsSource, FunctionBounds, function_containing};
     pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
     /// `global_asm!` under a name that says what went wrong when a `static_call!` is written
     /// inside a function: the compiler's error names the macro it could not expand there.

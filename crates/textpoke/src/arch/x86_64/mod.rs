@@ -4,6 +4,7 @@ mod emulate;
 mod encode;
 mod first_use;
 mod nop;
+mod prologue;
 mod relocate;
 mod trampoline;
 
@@ -14,7 +15,8 @@ pub use encode::{
 pub use first_use::FIRST_USE_LEN;
 pub(crate) use first_use::save_all_and_call;
 pub use nop::{fill_padding, is_nop, nop_len};
-pub use relocate::relocate;
+pub use relocate::{RelocateError, relocate, relocate_mapped};
+pub use prologue::{Prologue, PrologueError, analyze_prologue};
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.

@@ -99,6 +99,17 @@ pub enum RelocateError {
 /// a target out of reach from `to`, a reference into the middle of an instruction of the
 /// block, or an unsupported form. Nothing is returned half-relocated.
 pub fn relocate(code: &[u8], from: usize, to: usize) -> Result<Vec<u8>, RelocateError> {
+    relocate_mapped(code, from, to).map(|(out, _)| out)
+}
+
+/// [`relocate`], also giving where each instruction went: `(offset in code, offset in the
+/// result)` for every instruction boundary, the block's end included, in order. A thread
+/// stopped at an instruction of the original can be moved to the same instruction of the copy.
+pub fn relocate_mapped(
+    code: &[u8],
+    from: usize,
+    to: usize,
+) -> Result<(Vec<u8>, Vec<(usize, usize)>), RelocateError> {
     let (from, to) = (from as u64, to as u64);
     let items = decode(code, from)?;
 
@@ -205,7 +216,13 @@ pub fn relocate(code: &[u8], from: usize, to: usize) -> Result<Vec<u8>, Relocate
         }
     }
     verify(&items, &wide, &starts, &out, to)?;
-    Ok(out)
+    let map = items
+        .iter()
+        .map(|item| item.offset)
+        .chain([code.len()])
+        .zip(starts.iter().copied())
+        .collect();
+    Ok((out, map))
 }
 
 /// One decoded instruction of the original block.

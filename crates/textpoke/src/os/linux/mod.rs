@@ -1,5 +1,6 @@
 //! Linux implementation of the OS services.
 
+mod fnmap;
 mod fork;
 pub(crate) mod lock;
 mod mem;
@@ -11,6 +12,7 @@ mod sync;
 mod threads;
 mod valgrind;
 
+pub use fnmap::{BoundsSource, FunctionBounds, function_containing};
 pub use mem::write_code;
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub(crate) use rendezvous::rendezvous_note;

@@ -69,6 +69,31 @@ pub(super) fn release() {
     drop(CACHE.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
 
+/// The name [`Object::name`] gives the object `info` describes; `first` for the first object
+/// `dl_iterate_phdr` reports, the main program. Shared with callbacks that read an object while
+/// the loader keeps it mapped, so that they name it as the map does.
+///
+/// # Safety
+///
+/// `info.dlpi_name` is null or a NUL-terminated string, as `dl_iterate_phdr` passes it.
+pub(super) unsafe fn object_name(info: &libc::dl_phdr_info, first: bool) -> String {
+    // SAFETY: the caller's guarantee; the name is only read when it is not null.
+    if info.dlpi_name.is_null() || unsafe { *info.dlpi_name } == 0 {
+        if first {
+            std::fs::read_link("/proc/self/exe")
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "<main program>".into())
+        } else {
+            "<anonymous object>".into()
+        }
+    } else {
+        // SAFETY: as above: a non-null name is NUL-terminated.
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 /// All loaded objects, freshly enumerated.
 pub fn loaded_objects() -> Vec<Object> {
     let mut out: Vec<Object> = Vec::new();
@@ -82,19 +107,7 @@ pub fn loaded_objects() -> Vec<Object> {
         unsafe {
             let info = &*info;
             let out = &mut *(data as *mut Vec<Object>);
-            let name = if info.dlpi_name.is_null() || *info.dlpi_name == 0 {
-                if out.is_empty() {
-                    std::fs::read_link("/proc/self/exe")
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|_| "<main program>".into())
-                } else {
-                    "<anonymous object>".into()
-                }
-            } else {
-                CStr::from_ptr(info.dlpi_name)
-                    .to_string_lossy()
-                    .into_owned()
-            };
+            let name = object_name(info, out.is_empty());
             let base = info.dlpi_addr as usize;
             let phdrs = super::rendezvous::program_headers(info);
             let segments = phdrs
