@@ -450,17 +450,17 @@ fn loops_call_directly() -> Result<bool> {
 }
 
 /// What the busy thread did while a measurement ran.
-struct Busy {
+pub(crate) struct Busy {
     /// Passes it completed.
-    passes: u64,
+    pub(crate) passes: u64,
     /// Wrong results, over every pass.
-    violations: u64,
+    pub(crate) violations: u64,
 }
 
 /// Runs `body` while one busy thread, pinned to `placement`'s first busy CPU, runs `pass(0)`,
 /// `pass(1)`, … (each returning how many of its results were wrong). `body` starts once the
 /// thread has completed a pass; the thread is stopped and joined before this returns.
-fn with_busy_thread<T>(
+pub(crate) fn with_busy_thread<T>(
     placement: &Placement,
     pass: &(dyn Fn(u64) -> u64 + Sync),
     body: impl FnOnce() -> Result<T>,
@@ -497,15 +497,15 @@ fn with_busy_thread<T>(
 }
 
 /// Timed rounds of an "on" batch and an "off" one.
-struct Pairs {
-    on_us: Vec<f64>,
-    off_us: Vec<f64>,
-    on_stats: Vec<PatchStats>,
+pub(crate) struct Pairs {
+    pub(crate) on_us: Vec<f64>,
+    pub(crate) off_us: Vec<f64>,
+    pub(crate) on_stats: Vec<PatchStats>,
 }
 
 /// Runs `samples` rounds of `on` then `off`, timing each on its own, and `check(state)` after
 /// each (outside the timer).
-fn time_pairs(
+pub(crate) fn time_pairs(
     samples: usize,
     on: impl Fn() -> textpoke::Result<PatchStats>,
     off: impl Fn() -> textpoke::Result<PatchStats>,

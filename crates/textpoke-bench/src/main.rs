@@ -18,6 +18,11 @@
 //!   read of an immediate value against an `AtomicU32` load, warm and with the variable's line
 //!   evicted, and the time of one `set` of an immediate with 1,000 read sites while a busy
 //!   thread reads them;
+//! - `detour`: textpoke's `Detour` beside retour's `GenericDetour`, each on its own copy of one
+//!   function: crashes, hangs and wrong results in child processes whose threads call the target
+//!   while it is detoured and restored `--cycles` times; the time of one enable and of one
+//!   disable while a busy thread calls it (retour's in children, as it cannot survive that
+//!   thread); and ns per call of the replacement called directly and through each detour;
 //! - `raw`: the raw costs that bound a toggle: `membarrier(SYNC_CORE)` idle, beside a spinning
 //!   thread and beside a trapping one, `pwrite` to `/proc/self/mem`, and a SIGTRAP round trip.
 //!
@@ -29,6 +34,7 @@ mod alt;
 mod branch;
 mod call;
 mod cold;
+mod detour;
 mod dispatch;
 mod functions;
 mod imm;
@@ -125,6 +131,12 @@ enum Command {
     /// functions and replacing one, busy thread; ns per read of an immediate value vs an
     /// AtomicU32 load; the time of one `set` of an immediate with 1,000 read sites.
     Functions(FunctionsArgs),
+    /// Detours with a busy caller (textpoke vs retour): crashes in child processes toggling one
+    /// while threads call it; enable/disable time; ns per call through each detour vs direct.
+    Detour(detour::DetourArgs),
+    /// One child process of `detour`.
+    #[command(hide = true)]
+    DetourChild(detour::ChildArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
     Raw(raw::RawArgs),
@@ -156,6 +168,8 @@ fn run(cli: Cli) -> Result<()> {
                 imm::print_table(&r.imm)
             })
         }
+        Command::Detour(args) => emit(args.json, &detour::run(&args)?, detour::print_table),
+        Command::DetourChild(args) => detour::child(&args),
         Command::Raw(args) => emit(args.json, &raw::run(&args)?, raw::print_table),
     }
 }

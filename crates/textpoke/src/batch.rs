@@ -4,6 +4,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::Result;
 use crate::calls::{CallCore, CallPlan, NoopCall, StaticCall};
+use crate::detours::{Detour, DetourCore, DetourPlan, Function};
 use crate::engine::{self, PatchStats, Poke};
 use crate::functions::{FnChange, FnPlan, Replacement, Tracer};
 use crate::immediates::{ImmCore, ImmPlan, ImmValue, Immediate};
@@ -43,6 +44,7 @@ pub struct Batch<'a> {
     calls: Vec<(&'a CallCore, Option<usize>)>,
     functions: Vec<FnChange<'a>>,
     imms: Vec<(&'a ImmCore, u64)>,
+    detours: Vec<(&'a DetourCore, bool)>,
 }
 
 impl<'a> Batch<'a> {
@@ -106,9 +108,22 @@ impl<'a> Batch<'a> {
         self
     }
 
-    /// Applies every change as one batch: every site of every key and immediate and every
-    /// trampoline, or none of them. A key, call or immediate named more than once gets its last
-    /// change.
+    /// Turns a [`Detour`] on in this batch. Threads already inside the instructions it
+    /// overwrites are moved out before they change.
+    pub fn enable_detour<F: Function>(mut self, detour: &'a Detour<F>) -> Self {
+        self.detours.push((detour.core(), true));
+        self
+    }
+
+    /// Turns a [`Detour`] off in this batch.
+    pub fn disable_detour<F: Function>(mut self, detour: &'a Detour<F>) -> Self {
+        self.detours.push((detour.core(), false));
+        self
+    }
+
+    /// Applies every change as one batch: every site of every key and immediate, every
+    /// trampoline and every detour, or none of them. A key, call, immediate or detour named
+    /// more than once gets its last change.
     pub fn commit(mut self) -> Result<PatchStats> {
         // Functions' states change first (a site that jumps finds them); their keys follow in
         // this batch.
@@ -155,16 +170,22 @@ impl<'a> Batch<'a> {
         pokes.clear();
         let keys = KeyPlan::new(&self.changes);
         let imms = ImmPlan::new(&self.imms);
+        let mut detours = DetourPlan::default();
         let result = keys
             .pokes(lock, &mut pokes)
             .and_then(|()| imms.pokes(lock, &mut pokes))
             .and_then(|()| CallPlan::new(lock, &self.calls, &mut pokes))
-            .and_then(|calls| engine::patch(lock, &mut pokes).map(|stats| (calls, stats)));
+            .and_then(|calls| {
+                detours.add(&self.detours, &mut pokes);
+                engine::patch_settling(lock, &mut pokes, detours.settle())
+                    .map(|stats| (calls, stats))
+            });
         match result {
             Ok((calls, stats)) => {
                 keys.commit();
                 imms.commit(lock);
                 calls.commit(held, released);
+                DetourPlan::commit(&self.detours);
                 Ok(stats)
             }
             Err(e) => {

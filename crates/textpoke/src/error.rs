@@ -196,6 +196,32 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A function cannot be detoured: it is not a function start known to its object, its first
+    /// instructions cannot be overwritten safely, or textpoke itself needs it.
+    #[error("cannot detour {function}: {why}")]
+    Detour {
+        /// The function, by name where its object names it, and address.
+        function: String,
+        /// Why, naming the instruction at fault where there is one.
+        why: String,
+    },
+    /// No free address range lies within reach of a `jmp rel32` (±2 GiB) from `near`, so
+    /// textpoke cannot place code (a detour's trampoline) there.
+    #[error("no free address for {len} bytes of code within ±2 GiB of {near}")]
+    NoCodeSpace {
+        /// The address the code must be reachable from.
+        near: Location,
+        /// The size of the block asked for.
+        len: usize,
+    },
+    /// Other threads could not all be brought to a known point before code they may be running
+    /// was overwritten (a thread blocks the signal used, does not answer in time, or is where no
+    /// move can take it). Nothing was written past the breakpoints; the batch is rolled back.
+    #[error("cannot bring every thread to a known point: {why}")]
+    SettleFailed {
+        /// What failed, naming the thread (id and name).
+        why: String,
+    },
     /// Patching failed part-way and could not be rolled back. The breakpoint handler stays
     /// armed for the affected sites, so threads remain safe, but the named site is damaged.
     #[error("patching failed at {site} and could not be rolled back: {why}")]

@@ -138,6 +138,7 @@ pub mod alternatives;
 mod arch;
 mod batch;
 mod calls;
+pub mod detours;
 mod engine;
 mod error;
 pub mod features;
@@ -150,6 +151,7 @@ mod table;
 
 pub use batch::{Batch, Settable};
 pub use calls::{NoopCall, StaticCall};
+pub use detours::Detour;
 pub use engine::PatchStats;
 pub use engine::threads_blocking_sigtrap;
 pub use error::{CodeBytes, Error, Result};
@@ -179,7 +181,8 @@ pub mod __private {
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::calls::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{
-        MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, trap_counts,
+        MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, threads_moved,
+        trap_counts,
     };
     pub use crate::immediates::{
         from_bits as imm_from_bits, initial_bits as imm_initial_bits, is_wide as imm_is_wide,
@@ -187,6 +190,10 @@ pub mod __private {
     pub use crate::keys::table::jump_table_bytes;
     pub use crate::os::{BoundsSource, FunctionBounds, function_containing};
     pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
+    pub use crate::os::{Move, Settled, settle_signal, settle_threads};
+    pub use crate::os::{
+        NearCode, alloc_near, chunk_count as near_chunk_count, free_near, is_near_code, write_near,
+    };
     /// `global_asm!` under a name that says what went wrong when a `static_call!` is written
     /// inside a function: the compiler's error names the macro it could not expand there.
     pub use core::arch::global_asm as static_call_must_be_declared_outside_functions;

@@ -66,7 +66,7 @@ pub use patcher::{
 };
 pub use runs::MERGE_GAP;
 use runs::Run;
-pub use trap::on_breakpoint;
+pub use trap::{STRICT_SLOTS, on_breakpoint};
 
 pub(crate) use trap::forget_after_fork;
 
@@ -185,8 +185,72 @@ pub fn patch(lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
     patcher::patch(lock, pokes)
 }
 
+/// Threads that must leave code a batch overwrites: a thread at a move's `from` goes to its
+/// `to`, once every site's breakpoint is in place and before any tail is written (see
+/// [`os::settle_threads`]). `regions` are the ranges the moves cover.
+#[derive(Clone, Copy, Default)]
+pub struct Settle<'s> {
+    /// Where each instruction boundary goes.
+    pub moves: &'s [os::Move],
+    /// The ranges the moves cover.
+    pub regions: &'s [(usize, usize)],
+}
+
+/// Threads moved out of overwritten code since the process started.
+static MOVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Threads moved out of overwritten code (into a detour's trampoline) since the process
+/// started.
+pub fn threads_moved() -> usize {
+    MOVED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How long every other thread has to reach a known point.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`patch`], moving threads out of the overwritten code first (see [`Settle`]). Only the
+/// process's patcher can move threads: in any other copy of textpoke a batch with moves is
+/// refused, and nothing is written.
+pub fn patch_settling(
+    lock: &PatchGuard,
+    pokes: &mut [Poke],
+    settle: Settle<'_>,
+) -> Result<PatchStats> {
+    if settle.moves.is_empty() {
+        return patch(lock, pokes);
+    }
+    if !patcher::is_here(lock) {
+        return Err(Error::Rendezvous {
+            object: patcher::patcher_object(lock),
+            why: "this change moves threads out of overwritten code, which only the process's \
+                  patcher can do, and it is another copy of textpoke"
+                .into(),
+        });
+    }
+    patch_here_settling(lock, pokes, settle)
+}
+
+/// Registers a detour site: a trap there is textpoke's only if it came from an `int3` (see
+/// [`trap`]). False when the table is full.
+pub fn add_strict_site(_lock: &PatchGuard, addr: usize) -> bool {
+    trap::add_strict(addr)
+}
+
+/// Whether a site any copy of textpoke may patch lies in `[start, end)`.
+pub fn sites_within(_lock: &PatchGuard, start: usize, end: usize) -> bool {
+    trap::any_site_in(start, end)
+}
+
 /// [`patch`], by this copy's own engine: this copy is the process's patcher.
-fn patch_here(_lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
+fn patch_here(lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
+    patch_here_settling(lock, pokes, Settle::default())
+}
+
+fn patch_here_settling(
+    _lock: &PatchGuard,
+    pokes: &mut [Poke],
+    settle: Settle<'_>,
+) -> Result<PatchStats> {
     if trap::poisoned() {
         return Err(Error::Inconsistent {
             site: Location::of(pokes.first().map_or(0, |p| p.addr)),
@@ -218,7 +282,7 @@ fn patch_here(_lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
         sites: pokes.len(),
         ..PatchStats::default()
     };
-    match run_phases(pokes, scratch, &mut stats) {
+    match run_phases(pokes, scratch, settle, &mut stats) {
         Ok(()) => {
             trap::withdraw(flight);
             Ok(stats)
@@ -367,19 +431,32 @@ fn write_phase(
     Ok(())
 }
 
+/// How [`protocol`] runs its phases.
+struct Phases<'s> {
+    /// Write every tail, even where none changes.
+    all_tails: bool,
+    /// Follow the new heads with a core sync (see the module docs for why a batch need not).
+    last_sync: bool,
+    /// Threads to move once the breakpoints are in place.
+    settle: Settle<'s>,
+}
+
 /// The breakpoint-first protocol, writing `to(p)` over every site. Data pokes are written whole
-/// in the first phase. With `all_tails` false, the tail phase is skipped when no site's tail
-/// changes, and the last two phases when there are only data pokes. `last_sync` says whether
-/// the new heads are followed by a core sync (see the module docs for why a batch need not).
+/// in the first phase. Unless `all_tails`, the tail phase is skipped when no site's tail
+/// changes, and the last two phases when there are only data pokes.
 fn protocol(
     pokes: &[Poke],
     scratch: &mut Scratch,
     to: fn(&Poke) -> &Code,
     from: fn(&Poke) -> &Code,
-    all_tails: bool,
-    last_sync: bool,
+    phases: Phases<'_>,
     stats: &mut PatchStats,
 ) -> Result<()> {
+    let Phases {
+        all_tails,
+        last_sync,
+        settle,
+    } = phases;
     let head = BREAKPOINT.len();
     let code = |p: &Poke| p.is_code();
     write_phase(
@@ -402,6 +479,12 @@ fn protocol(
     // would be handed them. Look again after each phase that leaves them (not only before the
     // batch), so such a window lasts one phase at most.
     os::ensure_trap_handler()?;
+    if !settle.moves.is_empty() {
+        // No thread can enter the overwritten code any more (every entry meets a breakpoint):
+        // move those already inside before their bytes change.
+        let settled = os::settle_threads(settle.moves, settle.regions, SETTLE_TIMEOUT)?;
+        MOVED.fetch_add(settled.moved, std::sync::atomic::Ordering::Relaxed);
+    }
     if all_tails
         || pokes
             .iter()
@@ -425,12 +508,29 @@ fn protocol(
     )
 }
 
-fn run_phases(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {
-    protocol(pokes, scratch, |p| &p.new, |p| &p.old, false, false, stats)
+fn run_phases(
+    pokes: &[Poke],
+    scratch: &mut Scratch,
+    settle: Settle<'_>,
+    stats: &mut PatchStats,
+) -> Result<()> {
+    let phases = Phases {
+        all_tails: false,
+        last_sync: false,
+        settle,
+    };
+    protocol(pokes, scratch, |p| &p.new, |p| &p.old, phases, stats)
 }
 
 /// Restores every site's old bytes after a failed batch, breakpoint still first. Tails may have
 /// been partly written, so all of them are rewritten.
 fn roll_back(pokes: &[Poke], scratch: &mut Scratch, stats: &mut PatchStats) -> Result<()> {
-    protocol(pokes, scratch, |p| &p.old, |p| &p.new, true, true, stats)
+    let phases = Phases {
+        all_tails: true,
+        last_sync: true,
+        // Threads were only ever moved to equivalent code, and none can be inside the
+        // overwritten bytes now: every entry meets a breakpoint.
+        settle: Settle::default(),
+    };
+    protocol(pokes, scratch, |p| &p.old, |p| &p.new, phases, stats)
 }

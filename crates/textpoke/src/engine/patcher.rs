@@ -256,7 +256,7 @@ pub fn try_lock() -> Option<PatchGuard> {
 
 /// Applies a batch through the process's patcher.
 pub fn patch(lock: &PatchGuard, pokes: &mut [Poke]) -> Result<PatchStats> {
-    if std::ptr::eq(lock.owner, this()) {
+    if is_here(lock) {
         return super::patch_here(lock, pokes);
     }
     let mut stats = PatchStats::default();
@@ -323,6 +323,18 @@ pub fn threads_blocking_sigtrap() -> Result<Vec<os::ThreadInfo>> {
         // Without a patcher yet, no thread is on its handler path.
         entry: owner.map_or(usize::MAX, |o| (o.trap_handler_entry)()),
     })
+}
+
+/// Whether the lock's holder, the process's patcher, is this copy of textpoke.
+pub fn is_here(lock: &PatchGuard) -> bool {
+    std::ptr::eq(lock.owner, this())
+}
+
+/// The object that holds the process's patcher, for messages.
+pub fn patcher_object(lock: &PatchGuard) -> String {
+    crate::os::describe(lock.owner as *const PatcherV1 as usize)
+        .0
+        .map_or_else(|| "(unknown object)".into(), |(name, _)| name)
 }
 
 /// Address of the process's patcher's table, and whether it is this copy's: tests use it to

@@ -46,6 +46,29 @@ static REGISTRY_PTR: [AtomicPtr<usize>; REGISTRY_SLOTS] =
 static REGISTRY_LEN: [AtomicUsize; REGISTRY_SLOTS] =
     [const { AtomicUsize::new(0) }; REGISTRY_SLOTS];
 
+/// Sites where the address alone does not say a trap was ours: a detour's first instruction
+/// may be one byte long, so a thread can be at the site's second byte without having met our
+/// breakpoint (and a SIGTRAP sent to it there must not be emulated). A trap at one of these is
+/// textpoke's only if its `si_code` is an `int3`'s. Also the registry of these sites, for late
+/// traps. 0 is a free slot.
+static STRICT: [AtomicUsize; STRICT_SLOTS] = [const { AtomicUsize::new(0) }; STRICT_SLOTS];
+/// Detour sites that may exist at once.
+pub const STRICT_SLOTS: usize = 256;
+
+/// Registers a site whose traps must come from an `int3` (see [`STRICT`]), for good: a late
+/// trap may meet it whenever, and the same function's next detour reuses the entry. The caller
+/// holds the patch lock. False when full.
+pub(super) fn add_strict(addr: usize) -> bool {
+    is_strict(addr)
+        || STRICT
+            .iter()
+            .any(|s| s.compare_exchange(0, addr, Ordering::SeqCst, Ordering::Relaxed).is_ok())
+}
+
+fn is_strict(addr: usize) -> bool {
+    addr != 0 && STRICT.iter().any(|s| s.load(Ordering::Relaxed) == addr)
+}
+
 /// A withdrawn flight kept for reuse, so a batch does not allocate its trap table afresh.
 static SPARE: AtomicPtr<Flight> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -179,27 +202,52 @@ fn registered(addr: usize) -> bool {
     false
 }
 
-/// Called by the OS trap handler for every `int3`. Returns whether it was textpoke's; if so,
-/// `regs` now describe the thread after the site's new instruction (or rewound to re-execute
-/// the site). Async-signal-safe.
+/// Whether any registered site lies in `[start, end)`: a table's anywhere, a detour's after
+/// `start` (a detour's own site stays registered after the detour is dropped, for the next
+/// detour of the same function).
+pub(super) fn any_site_in(start: usize, end: usize) -> bool {
+    READERS.fetch_add(1, Ordering::SeqCst);
+    let mut found = STRICT.iter().any(|s| {
+        let a = s.load(Ordering::Relaxed);
+        a > start && a < end
+    });
+    for (ptr, len) in REGISTRY_PTR.iter().zip(&REGISTRY_LEN) {
+        let p = ptr.load(Ordering::SeqCst);
+        if found || p.is_null() {
+            continue;
+        }
+        // SAFETY: as in `registered`: the array stays valid while we are counted in READERS.
+        let addrs = unsafe { std::slice::from_raw_parts(p, len.load(Ordering::SeqCst)) };
+        let i = addrs.partition_point(|&a| a < start);
+        found = addrs.get(i).is_some_and(|&a| a < end);
+    }
+    READERS.fetch_sub(1, Ordering::SeqCst);
+    found
+}
+
+/// Called by the OS trap handler for every SIGTRAP; `from_int3` says whether its `si_code` is
+/// an `int3`'s. Returns whether it was textpoke's; if so, `regs` now describe the thread after
+/// the site's new instruction (or rewound to re-execute the site). Async-signal-safe.
 ///
 /// # Safety
 ///
 /// `regs` must be the saved state of the trapped thread (see [`arch::emulate`]).
-pub unsafe fn on_breakpoint(regs: &mut Regs) -> bool {
+pub unsafe fn on_breakpoint(regs: &mut Regs, from_int3: bool) -> bool {
     // Counted in for the whole lookup: the flight and the registered arrays are freed only
     // once READERS is zero.
     READERS.fetch_add(1, Ordering::SeqCst);
+    let strict = is_strict(arch::trap_address(regs.pc));
     // SAFETY: the caller's guarantee.
-    let ours = unsafe { lookup(regs) };
+    let ours = (from_int3 || !strict) && unsafe { lookup(regs, strict) };
     READERS.fetch_sub(1, Ordering::SeqCst);
     ours
 }
 
 /// # Safety
 ///
-/// As [`on_breakpoint`], with the caller counted in READERS.
-unsafe fn lookup(regs: &mut Regs) -> bool {
+/// As [`on_breakpoint`], with the caller counted in READERS; `strict` says the site is in
+/// [`STRICT`], and so registered.
+unsafe fn lookup(regs: &mut Regs, strict: bool) -> bool {
     let addr = arch::trap_address(regs.pc);
     let generation = GENERATION.load(Ordering::SeqCst);
     let flight = FLIGHT.load(Ordering::SeqCst);
@@ -214,7 +262,7 @@ unsafe fn lookup(regs: &mut Regs) -> bool {
         EMULATED.fetch_add(1, Ordering::Relaxed);
         return true;
     }
-    if !registered(addr) {
+    if !strict && !registered(addr) {
         return false;
     }
     // The site's first byte, read now: between the two generation loads, not when compared

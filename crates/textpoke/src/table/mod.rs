@@ -8,6 +8,8 @@
 //! written. Indexes built from them live on the heap. A table that fails validation fails every
 //! later use the same way.
 
+mod boundary;
+
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::engine::PatchGuard;
@@ -170,7 +172,9 @@ impl Table {
         Ok(())
     }
 
-    /// Sorts `addrs` (with their extents) and refuses overlaps.
+    /// Refuses overlaps among `sorted` sites (with their extents), and sites that do not start
+    /// an instruction of their function (see [`boundary`]). Every table's sites pass here once,
+    /// sorted, after each was checked to lie in the table's object's text.
     pub fn check_overlaps(&self, sorted: &[(usize, usize)]) -> Result<()> {
         for pair in sorted.windows(2) {
             if pair[0].0 == pair[1].0 {
@@ -191,7 +195,7 @@ impl Table {
                 });
             }
         }
-        Ok(())
+        boundary::check(self, sorted)
     }
 }
 

@@ -51,7 +51,9 @@ pub fn in_child(child: impl FnOnce() -> i32) -> i32 {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = child();
+        // A panic must end the child, not just its only thread (other threads it started
+        // would keep it alive, and the parent would wait forever).
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
         // SAFETY: leaving the child without running the parent's destructors.
         unsafe { libc::_exit(code) };
     }

@@ -1,5 +1,6 @@
 //! x86-64: encodings, the int3 protocol's breakpoint, and emulation of patched instructions.
 
+mod boundaries;
 mod emulate;
 mod encode;
 mod first_use;
@@ -8,6 +9,7 @@ mod prologue;
 mod relocate;
 mod trampoline;
 
+pub use boundaries::instruction_starts;
 pub use emulate::{GPRS, Insn, Regs, WireInsn, condition_holds, emulate};
 pub use encode::{
     CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code, mov_imm_code, mov_imm_len,
@@ -15,8 +17,8 @@ pub use encode::{
 pub use first_use::FIRST_USE_LEN;
 pub(crate) use first_use::save_all_and_call;
 pub use nop::{fill_padding, is_nop, nop_len};
-pub use relocate::{RelocateError, relocate, relocate_mapped};
-pub use prologue::{Prologue, PrologueError, analyze_prologue};
+pub use relocate::{relocate, relocate_mapped};
+pub use prologue::{Prologue, analyze_prologue};
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.

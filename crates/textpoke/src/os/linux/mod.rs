@@ -4,8 +4,10 @@ mod fnmap;
 mod fork;
 pub(crate) mod lock;
 mod mem;
+mod near;
 mod objects;
 mod rendezvous;
+mod settle;
 mod signal;
 mod symbols;
 mod sync;
@@ -14,9 +16,11 @@ mod valgrind;
 
 pub use fnmap::{BoundsSource, FunctionBounds, function_containing};
 pub use mem::write_code;
+pub use near::{NearCode, alloc_near, chunk_count, free_near, is_near_code, write_near};
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub(crate) use rendezvous::rendezvous_note;
 pub use rendezvous::{ObjectRef, first_rendezvous, hold_object_of, pin_object_of};
+pub use settle::{Move, Settled, settle_signal, settle_threads};
 pub use signal::{
     ensure_trap_handler, in_trap_handler, set_trap_delay, trap_handler_entry, trap_timing_point,
 };

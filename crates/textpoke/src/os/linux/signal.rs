@@ -244,10 +244,10 @@ unsafe fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c
     // already pending (a `tgkill`, a perf event) when the thread hit our breakpoint, the
     // kernel delivers only that one. A thread is never at a site's second byte except after
     // our breakpoint, so the address alone says the trap was ours.
-    // SAFETY: the kernel passes the trapped thread's ucontext to an SA_SIGINFO handler.
-    let ours = unsafe { breakpoint(ctx.cast()) };
-    // SAFETY: as above, `info` is valid.
+    // SAFETY: the kernel passes a valid `info` to an SA_SIGINFO handler.
     let from_int3 = from_breakpoint(unsafe { (*info).si_code });
+    // SAFETY: the kernel passes the trapped thread's ucontext to an SA_SIGINFO handler.
+    let ours = unsafe { breakpoint(ctx.cast(), from_int3) };
     if !ours || !from_int3 {
         // SAFETY: forwarding the kernel's own arguments.
         unsafe { chain(sig, info, ctx) };
@@ -269,8 +269,9 @@ fn from_breakpoint(code: libc::c_int) -> bool {
 ///
 /// # Safety
 ///
-/// `uc` must be the ucontext of the trapped thread.
-unsafe fn breakpoint(uc: *mut libc::ucontext_t) -> bool {
+/// `uc` must be the ucontext of the trapped thread; `from_int3` says whether the signal's
+/// `si_code` is an `int3`'s.
+unsafe fn breakpoint(uc: *mut libc::ucontext_t, from_int3: bool) -> bool {
     // SAFETY: the caller passes the trapped thread's ucontext, whose gregs we may edit.
     let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
     let mut regs = Regs {
@@ -279,7 +280,7 @@ unsafe fn breakpoint(uc: *mut libc::ucontext_t) -> bool {
         gpr: GREGS.map(|g| gregs[g as usize] as u64),
     };
     // SAFETY: `regs` is this trapped thread's state, as `on_breakpoint` requires.
-    if !unsafe { crate::engine::on_breakpoint(&mut regs) } {
+    if !unsafe { crate::engine::on_breakpoint(&mut regs, from_int3) } {
         return false;
     }
     gregs[libc::REG_RIP as usize] = regs.pc as i64;
