@@ -337,7 +337,8 @@ fn a_thread_that_blocks_the_signal_is_named() {
             "{msg}"
         );
         assert!(msg.contains("blocks"), "{msg}");
-        assert!(took < Duration::from_millis(200), "took {took:?}");
+        // About 5 ms of the thread's CPU time when the machine is idle; the timeout at worst.
+        assert!(took < Duration::from_secs(1), "took {took:?}");
         assert!(spinner.runs_a(), "the thread was not moved");
     });
 }
@@ -377,7 +378,12 @@ fn a_call_after_a_timed_out_one_works() {
         }
         let err = timed_out.expect("a call with no time to wait timed out");
         eprintln!("{err}");
-        assert!(err.to_string().contains("did not answer"), "{err}");
+        // Usually "did not answer"; on a loaded machine perhaps "blocks", for a thread caught
+        // in the few instructions of `pthread_create` that run with every signal blocked.
+        assert!(
+            matches!(err, textpoke::Error::SettleFailed { .. }),
+            "{err:?}"
+        );
         // Threads are now in either copy. Bring everyone back to A.
         let (b_to_a, b_region) = moves(addr_b(), addr_a());
         let settled = settle_threads(&b_to_a, &b_region, Duration::from_secs(1)).unwrap();

@@ -21,7 +21,7 @@
 //!   number of distinct functions ever detoured, however many times detours are enabled,
 //!   disabled, made and dropped.
 //!
-//! Trampolines live in pages that are never writable (see [`crate::os::alloc_near`]), named
+//! Trampolines live in pages that are never writable (written through `/proc/self/mem`), named
 //! `textpoke-code` in `/proc/self/maps`.
 
 use std::marker::PhantomData;

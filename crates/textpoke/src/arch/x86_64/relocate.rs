@@ -102,14 +102,14 @@ pub fn relocate(code: &[u8], from: usize, to: usize) -> Result<Vec<u8>, Relocate
     relocate_mapped(code, from, to).map(|(out, _)| out)
 }
 
+/// Relocated code, and where each instruction boundary of the original went: (offset in the
+/// original, offset in the copy).
+pub type Relocated = (Vec<u8>, Vec<(usize, usize)>);
+
 /// [`relocate`], also giving where each instruction went: `(offset in code, offset in the
 /// result)` for every instruction boundary, the block's end included, in order. A thread
 /// stopped at an instruction of the original can be moved to the same instruction of the copy.
-pub fn relocate_mapped(
-    code: &[u8],
-    from: usize,
-    to: usize,
-) -> Result<(Vec<u8>, Vec<(usize, usize)>), RelocateError> {
+pub fn relocate_mapped(code: &[u8], from: usize, to: usize) -> Result<Relocated, RelocateError> {
     let (from, to) = (from as u64, to as u64);
     let items = decode(code, from)?;
 

@@ -38,7 +38,7 @@ pub struct FunctionBounds {
     pub end: usize,
     /// Where the bounds came from.
     pub source: BoundsSource,
-    /// Path (or name) of the loaded object holding it, as [`super::Object::name`] gives it.
+    /// Path (or name) of the loaded object holding it, as the map of loaded objects names it.
     pub object: String,
 }
 

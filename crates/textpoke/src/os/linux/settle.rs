@@ -396,12 +396,12 @@ fn read_status(tid: i32, sig: i32) -> Option<Status> {
 }
 
 /// CPU time thread `tid` has used: from the scheduler's own count where the kernel shows it
-/// (`sched`, nanoseconds), else from `stat` (user and system time, in clock ticks).
+/// (`sched`, to the nanosecond), else from `stat` (user and system time, in clock ticks).
 fn cpu_time(tid: i32) -> Option<Duration> {
     if let Ok(sched) = std::fs::read_to_string(task_path(tid, "sched"))
-        && let Some(ms) = parse_sched_runtime(&sched)
+        && let Some(runtime) = parse_sched_runtime(&sched)
     {
-        return Some(ms);
+        return Some(runtime);
     }
     let stat = std::fs::read_to_string(task_path(tid, "stat")).ok()?;
     let ticks = parse_stat_ticks(&stat)?;
@@ -450,16 +450,29 @@ impl Blocked {
         }
     }
 
-    /// Whether it blocks the signal only because it is in textpoke's SIGTRAP handler (or just
-    /// left it), whose mask blocks every signal. A thread that calls a function being detoured
-    /// meets its breakpoint on every call while the batch is in flight, and may spend most of
-    /// its time there; but it unblocks the signal at each return from the handler, so a signal
-    /// sent now is taken then, with the context the handler left.
-    fn in_trap_handler(&self) -> bool {
-        super::in_trap_handler(self.tid, TRAP_EDGE_NS)
+    /// Whether it blocks the signal only because of textpoke's SIGTRAP handler, whose mask
+    /// blocks every signal: it is in it, or has been through it since it was first seen
+    /// blocking. A thread that calls a function being detoured meets its breakpoint on every
+    /// call while the batch is in flight, and may spend most of its time on the trap path; but it
+    /// unblocks the signal at each return from the handler, so a signal sent now is taken then,
+    /// with the context the handler left.
+    ///
+    /// "Since first seen", not "now": the looks at it are not random. The caller gets a CPU
+    /// when a busy thread is preempted, and such a thread is preempted most often on its way
+    /// back to user space with a signal frame just set up (mask blocked, handler not yet
+    /// begun), so look after look may find it there although it runs the handler thousands of
+    /// times in between.
+    fn in_trap_handler(&self, now: Instant) -> bool {
+        let since = now.duration_since(self.since).as_nanos();
+        let within = u64::try_from(since)
+            .unwrap_or(u64::MAX)
+            .saturating_add(TRAP_EDGE_NS);
+        super::in_trap_handler(self.tid, within)
     }
 
-    /// Whether it has run long enough with the signal blocked to count as blocking it.
+    /// Whether it has used enough CPU time since it was first seen blocking the signal (and has
+    /// been seen blocking it at every look since, never going through the trap handler) to
+    /// count as blocking it.
     fn for_good(&self, now: Instant, limit: Duration) -> bool {
         match (self.cpu, cpu_time(self.tid)) {
             (Some(then), Some(cpu)) => cpu.saturating_sub(then) >= BLOCK_CPU.min(limit),
@@ -567,9 +580,10 @@ fn send(tid: i32, seq: usize, sig: i32) -> std::result::Result<(), i32> {
 /// unblocks it, and fails the call once it has used 5 ms of CPU time with it still blocked (or,
 /// where CPU time cannot be read, after 20 ms), or at `timeout`: threads block every signal for
 /// a moment in `pthread_create` and in other handlers, and may be preempted there. A thread
-/// blocking it because it is in textpoke's own SIGTRAP handler (as threads calling a function
-/// being detoured are, much of the time, while the breakpoint is there) is signalled at once:
-/// it unblocks the signal when the handler returns. `moves` need not be sorted (a sorted copy is used); two moves from one
+/// blocking it because it is in textpoke's own SIGTRAP handler, or has been through it since it
+/// was first seen blocking (as threads calling a function being detoured are, much of the time,
+/// while the breakpoint is there), is signalled at once: it unblocks the signal when the handler
+/// returns. `moves` need not be sorted (a sorted copy is used); two moves from one
 /// address are an error.
 ///
 /// Call it from the process's patcher only (the copy of textpoke whose object is never
@@ -646,7 +660,7 @@ pub fn settle_threads(
             Verdict::Known => {}
             Verdict::Blocks => {
                 let b = Blocked::new(tid);
-                if b.in_trap_handler() {
+                if b.in_trap_handler(b.since) {
                     signal(tid, &mut sent, &mut settled)?;
                 } else {
                     blocked.push(b);
@@ -668,16 +682,14 @@ pub fn settle_threads(
             match read_status(b.tid, sig) {
                 None => {}
                 Some(s) if s.dead => {}
-                Some(s) if s.blocks && b.in_trap_handler() => {
+                Some(s) if s.blocks && b.in_trap_handler(now) => {
                     signal(b.tid, &mut sent, &mut settled)?;
                 }
                 Some(s) if s.blocks => {
                     if check && b.for_good(now, timeout) {
-                        let st = std::fs::read_to_string(task_path(b.tid, "status")).unwrap_or_default();
-                        let st: Vec<&str> = st.lines().filter(|l| l.starts_with("State") || l.starts_with("Sig") || l.contains("ctxt")).collect();
                         return Err(failed(format!(
-                            "{} blocks signal {sig} (textpoke's settle signal) DBG {:?} {:?} cpu {:?}->{:?} trap10s {} wall {:?}",
-                            name(b.tid), st, std::fs::read_to_string(task_path(b.tid, "syscall")), b.cpu, cpu_time(b.tid), super::in_trap_handler(b.tid, 10_000_000_000), now.duration_since(b.since)
+                            "{} blocks signal {sig} (textpoke's settle signal)",
+                            name(b.tid)
                         )));
                     }
                     still_blocked.push(b);
