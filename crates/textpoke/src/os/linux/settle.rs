@@ -500,35 +500,30 @@ enum Verdict {
     Gone,
     /// Blocked in a system call, returning outside every region: already at a known point.
     Known,
-    /// Its mask blocks the signal now.
-    Blocks,
     /// Signal it.
     Signal,
 }
 
-fn judge(tid: i32, regions: &[(usize, usize)], sig: i32) -> Verdict {
-    let syscall = match std::fs::read_to_string(task_path(tid, "syscall")) {
-        Ok(text) => parse_syscall(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Verdict::Gone,
+fn judge(tid: i32, regions: &[(usize, usize)]) -> Verdict {
+    match read_small(&task_path(tid, "syscall")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Verdict::Gone,
+        Ok(text) => match parse_syscall(&text) {
+            SyscallState::InSyscall { pc, .. } if !inside(regions, pc) => Verdict::Known,
+            _ => Verdict::Signal,
+        },
         // Unreadable (an LSM, say): assume the worst, that it runs.
-        Err(_) => SyscallState::Running,
-    };
-    if let SyscallState::InSyscall { pc, .. } = syscall
-        && !inside(regions, pc)
-    {
-        return Verdict::Known;
-    }
-    match read_status(tid, sig) {
-        None => Verdict::Gone,
-        Some(s) if s.dead => Verdict::Gone,
-        Some(s) if s.blocks => Verdict::Blocks,
-        Some(_) => Verdict::Signal,
+        Err(_) => Verdict::Signal,
     }
 }
 
-/// Whether thread `tid` can still run code (so still owes an answer).
-fn alive(tid: i32) -> bool {
-    read_status(tid, 0).is_some_and(|s| !s.dead)
+/// A small `/proc` file's text, read with one `read` into a buffer on the stack: the file is
+/// read once per thread on every detour's enable, and `read_to_string` would add a `statx` and
+/// a heap buffer to each.
+fn read_small(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 256];
+    let n = std::fs::File::open(path)?.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// Sends the settle signal to `tid` with `seq` as its value.
@@ -638,35 +633,28 @@ pub fn settle_threads(
 
     let mut settled = Settled::default();
     let mut sent: Vec<i32> = Vec::with_capacity(tasks.len());
-    let mut blocked: Vec<Blocked> = Vec::new();
-    let signal = |tid: i32, sent: &mut Vec<i32>, settled: &mut Settled| -> Result<()> {
-        match send(tid, seq, sig) {
-            Ok(()) => {
-                sent.push(tid);
-                settled.signalled += 1;
-                Ok(())
-            }
-            Err(libc::ESRCH) => Ok(()),
-            Err(e) => Err(failed(format!(
-                "cannot signal {}: rt_tgsigqueueinfo: {}",
-                name(tid),
-                std::io::Error::from_raw_os_error(e)
-            ))),
-        }
-    };
     for &tid in &tasks {
-        match judge(tid, regions, sig) {
+        match judge(tid, regions) {
             Verdict::Gone => continue,
             Verdict::Known => {}
-            Verdict::Blocks => {
-                let b = Blocked::new(tid);
-                if b.in_trap_handler(b.since) {
-                    signal(tid, &mut sent, &mut settled)?;
-                } else {
-                    blocked.push(b);
+            // Sent even to a thread whose mask blocks it now: a queued real-time signal waits
+            // until it is unblocked (a thread on textpoke's own trap path unblocks it within
+            // microseconds), and the wait below tells such a moment from a thread that blocks
+            // it for good.
+            Verdict::Signal => match send(tid, seq, sig) {
+                Ok(()) => {
+                    sent.push(tid);
+                    settled.signalled += 1;
                 }
-            }
-            Verdict::Signal => signal(tid, &mut sent, &mut settled)?,
+                Err(libc::ESRCH) => continue,
+                Err(e) => {
+                    return Err(failed(format!(
+                        "cannot signal {}: rt_tgsigqueueinfo: {}",
+                        name(tid),
+                        std::io::Error::from_raw_os_error(e)
+                    )));
+                }
+            },
         }
         settled.threads += 1;
     }
@@ -674,61 +662,49 @@ pub fn settle_threads(
     let deadline = start + timeout;
     let mut looks = 0u32;
     let mut next_check = Instant::now() + EXIT_CHECK_EVERY;
-    loop {
+    // Threads seen blocking the signal while they owed an answer, since when.
+    let mut blocked: Vec<Blocked> = Vec::new();
+    while request.answered.load(Ordering::SeqCst) < sent.len() {
         let now = Instant::now();
-        let check = now >= next_check || now >= deadline;
-        let mut still_blocked = Vec::with_capacity(blocked.len());
-        for b in blocked.drain(..) {
-            match read_status(b.tid, sig) {
-                None => {}
-                Some(s) if s.dead => {}
-                Some(s) if s.blocks && b.in_trap_handler(now) => {
-                    signal(b.tid, &mut sent, &mut settled)?;
-                }
-                Some(s) if s.blocks => {
-                    if check && b.for_good(now, timeout) {
-                        return Err(failed(format!(
-                            "{} blocks signal {sig} (textpoke's settle signal)",
-                            name(b.tid)
-                        )));
-                    }
-                    still_blocked.push(b);
-                }
-                Some(_) => signal(b.tid, &mut sent, &mut settled)?,
-            }
-        }
-        blocked = still_blocked;
-        if blocked.is_empty() && request.answered.load(Ordering::SeqCst) >= sent.len() {
-            break;
-        }
-        if check {
+        if now >= next_check || now >= deadline {
             next_check = now + EXIT_CHECK_EVERY;
-            // A thread that exited owes no answer: it runs nothing any more.
             let answered: Vec<i32> = answered_by
                 .iter()
                 .map(|a| a.load(Ordering::SeqCst))
                 .collect();
-            let silent = sent
-                .iter()
-                .copied()
-                .find(|tid| !answered.contains(tid) && alive(*tid));
-            match silent {
-                None if blocked.is_empty() => break,
-                Some(tid) if now >= deadline => {
+            let mut owed = 0;
+            for &tid in sent.iter().filter(|t| !answered.contains(t)) {
+                let Some(status) = read_status(tid, sig).filter(|s| !s.dead) else {
+                    // Exited (or a zombie): it runs nothing any more, and owes nothing.
+                    continue;
+                };
+                owed += 1;
+                let seen = blocked.iter().position(|b| b.tid == tid);
+                match (status.blocks, seen) {
+                    (true, None) => blocked.push(Blocked::new(tid)),
+                    (true, Some(i))
+                        if blocked[i].for_good(now, timeout)
+                            && !blocked[i].in_trap_handler(now) =>
+                    {
+                        return Err(failed(format!(
+                            "{} blocks signal {sig} (textpoke's settle signal)",
+                            name(tid)
+                        )));
+                    }
+                    (false, Some(i)) => {
+                        blocked.swap_remove(i);
+                    }
+                    _ => {}
+                }
+                if now >= deadline {
                     return Err(failed(format!(
                         "{} did not answer signal {sig} within {timeout:?}",
                         name(tid)
                     )));
                 }
-                None if now >= deadline => {
-                    // Only threads blocking the signal are left; their grace is cut short.
-                    let tid = blocked.first().map_or(0, |b| b.tid);
-                    return Err(failed(format!(
-                        "{} blocks signal {sig} (textpoke's settle signal)",
-                        name(tid)
-                    )));
-                }
-                _ => {}
+            }
+            if owed == 0 {
+                break;
             }
         }
         if looks < YIELDS {
