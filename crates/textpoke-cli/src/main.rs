@@ -231,6 +231,7 @@ fn print_summary(r: &demo::Report) {
     );
     println!("{}", r.functions.summary());
     println!("{}", r.immediates.summary());
+    println!("{}", r.detours.summary());
     if let Some(p) = &r.plugins {
         println!(
             "{} plugins: {} loads, {} unloads (reload median {:.0} µs); {} plugin site calls \
@@ -255,8 +256,8 @@ fn print_summary(r: &demo::Report) {
     }
     if r.ok() {
         println!(
-            "inconsistencies: 0 — every call and read matched its key's, static call's, function's or \
-             immediate's history"
+            "inconsistencies: 0 — every call and read matched its key's, static call's, function's, \
+             immediate's or detour's history"
         );
     } else {
         println!("inconsistencies: {} — FAILED", r.inconsistencies);

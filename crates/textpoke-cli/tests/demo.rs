@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use textpoke_cli::demo::{self, functions, sites};
+use textpoke_cli::demo::{self, detours, functions, sites};
 
 #[test]
 fn toggling_under_load_is_consistent() {
@@ -27,6 +27,7 @@ fn toggling_under_load_is_consistent() {
     assert!(report.static_call_updates > 10, "{report:?}");
     assert!(report.plugins.is_none());
     assert_functions_checked(&report);
+    assert_detours_checked(&report);
 }
 
 /// The patchable functions were called, traced, replaced and changed in every way the demo
@@ -56,6 +57,29 @@ fn assert_functions_checked(report: &demo::Report) {
     }
     let hooks: u64 = f.function_tracer_stats.iter().map(|t| t.hook_calls).sum();
     assert_eq!(hooks, f.function_hook_calls);
+}
+
+/// The detoured functions (libc's `labs` among them) were called, and their originals too, while
+/// the detours were turned on and off alone and in batches, and every check passed.
+fn assert_detours_checked(report: &demo::Report) {
+    let d = &report.detours;
+    assert_eq!(d.detours, detours::DETOURS);
+    assert_eq!(d.detour_inconsistencies, 0, "{report:?}");
+    assert!(
+        d.detour_calls > 1000 && d.detour_original_calls > 0,
+        "{report:?}"
+    );
+    // Both codes ran: the detours really reached the workers.
+    assert!(
+        d.detour_calls_replaced > 0 && d.detour_calls_replaced < d.detour_calls,
+        "{report:?}"
+    );
+    // Loose: with plugins a round can take tens of milliseconds here, and a detour changes
+    // alone every fourth round and in the batch of keys every eighth.
+    assert!(
+        d.detour_changes_batched > 0 && d.detour_changes > d.detour_changes_batched,
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -88,6 +112,7 @@ fn plugins_loaded_toggled_and_unloaded_under_load_are_consistent() {
     // The executable's own sites, calls and functions ran and were checked too.
     assert!(report.calls > 10_000 && report.toggles > 10, "{report:?}");
     assert_functions_checked(&report);
+    assert_detours_checked(&report);
 }
 
 /// Runs `textpoke demo ARGS --json`, which must succeed, and parses its output.
@@ -120,6 +145,13 @@ fn json_output_and_exit_status() {
         "function_changes",
         "function_hook_calls",
         "function_tracer_stats",
+        "detours",
+        "detour_calls",
+        "detour_calls_replaced",
+        "detour_changes",
+        "detour_changes_batched",
+        "detour_change_us_median",
+        "detour_threads_moved",
     ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
@@ -128,6 +160,8 @@ fn json_output_and_exit_status() {
     assert_eq!(v["inconsistencies"], 0);
     assert_eq!(v["function_inconsistencies"], 0, "{v}");
     assert_eq!(v["functions"], functions::FUNCTIONS, "{v}");
+    assert_eq!(v["detour_inconsistencies"], 0, "{v}");
+    assert_eq!(v["detours"], detours::DETOURS, "{v}");
     let tail = &v["tail"];
     let (slow, preempted) = (tail["changes"].as_u64(), tail["preempted"].as_u64());
     assert!(
@@ -146,6 +180,7 @@ fn json_output_with_plugins() {
     let v = demo_json(&["--seconds", "1", "--plugins", "2"]);
     assert_eq!(v["inconsistencies"], 0, "{v}");
     assert_eq!(v["plugin_inconsistencies"], 0, "{v}");
+    assert_eq!(v["detour_inconsistencies"], 0, "{v}");
     assert_eq!(v["plugins"], 2, "{v}");
     assert!(v["plugin_loads"].as_u64().is_some_and(|n| n > 0), "{v}");
     for key in [

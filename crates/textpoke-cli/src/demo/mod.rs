@@ -1,10 +1,11 @@
 //! `textpoke demo`: worker threads call thousands of static-branch sites and a few static
-//! calls, patchable functions and immediate values while the main thread toggles the keys,
-//! retargets the calls, changes the functions and sets the immediates as fast as it can.
-//! Every call and read is checked against the history of the key, call, function or immediate
-//! behind it.
+//! calls, patchable functions, immediate values and detoured functions while the main thread
+//! toggles the keys, retargets the calls, changes the functions, sets the immediates and turns
+//! the detours on and off as fast as it can. Every call and read is checked against the history
+//! of the key, call, function, immediate or detour behind it.
 
 pub mod calls;
+pub mod detours;
 pub mod functions;
 mod history;
 pub mod immediates;
@@ -15,6 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use detours::DetourReport;
 use functions::FunctionReport;
 use history::{History, key_consistent};
 use immediates::ImmediateReport;
@@ -94,6 +96,10 @@ pub struct Report {
     /// object).
     #[serde(flatten)]
     pub immediates: ImmediateReport,
+    /// What happened to the detoured functions (its fields are flattened into the report's
+    /// JSON object).
+    #[serde(flatten)]
+    pub detours: DetourReport,
 }
 
 impl Report {
@@ -143,6 +149,7 @@ struct Histories {
     calls: [History; calls::CALLS],
     functions: functions::Shared,
     immediates: immediates::Shared,
+    detours: detours::Shared,
 }
 
 #[derive(Default)]
@@ -154,6 +161,7 @@ struct WorkerTally {
     plugins: plugins::WorkerTally,
     functions: functions::WorkerTally,
     immediates: immediates::WorkerTally,
+    detours: detours::WorkerTally,
 }
 
 #[derive(Default)]
@@ -245,6 +253,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         calls: Default::default(),
         functions: Default::default(),
         immediates: Default::default(),
+        detours: Default::default(),
     };
     let sites: Vec<sites::Site> = (0..config.sites).map(sites::site).collect();
     let (emulated0, rewound0) = textpoke::__private::trap_counts();
@@ -265,6 +274,13 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
     };
     let mut setter = if toggler.errors.is_empty() {
         immediates::Setter::new(&histories.immediates)
+            .map_err(|e| toggler.errors.push(e))
+            .ok()
+    } else {
+        None
+    };
+    let mut detourer = if toggler.errors.is_empty() {
+        detours::Changer::new(&histories.detours)
             .map_err(|e| toggler.errors.push(e))
             .ok()
     } else {
@@ -293,7 +309,8 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             })
             .collect();
         let mut bar = Reporter::new(config.progress, config.duration);
-        if let (Some(changer), Some(setter)) = (changer.as_mut(), setter.as_mut())
+        if let (Some(changer), Some(setter), Some(detourer)) =
+            (changer.as_mut(), setter.as_mut(), detourer.as_mut())
             && toggler.errors.is_empty()
         {
             let plugins = plugins
@@ -303,7 +320,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
                 started + config.duration,
                 &histories,
                 &mut toggler,
-                (changer, setter, plugins),
+                (changer, setter, detourer, plugins),
                 &mut bar,
             );
         }
@@ -354,6 +371,13 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             s.finish(&workers, &mut toggler.errors)
         })
         .unwrap_or_default();
+    // And for every detour, which is then dropped (disabled).
+    let detour_report = detourer
+        .map(|d| {
+            let workers: Vec<&detours::WorkerTally> = tallies.iter().map(|t| &t.detours).collect();
+            d.finish(&workers)
+        })
+        .unwrap_or_default();
     let (emulated1, rewound1) = textpoke::__private::trap_counts();
     let mut times: Vec<f64> = toggler.causes.iter().map(|c| c.0).collect();
     times.sort_unstable_by(f64::total_cmp);
@@ -376,7 +400,8 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             + calls_wrong
             + plugin_inconsistencies
             + function_report.function_inconsistencies
-            + immediate_report.immediate_inconsistencies,
+            + immediate_report.immediate_inconsistencies
+            + detour_report.detour_inconsistencies,
         toggle_us_median: median,
         toggle_us_p99: percentile(&times, 0.99),
         tail: tail(&toggler.causes, median),
@@ -386,6 +411,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         plugins: plugin_report,
         functions: function_report,
         immediates: immediate_report,
+        detours: detour_report,
     })
 }
 
@@ -469,9 +495,10 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Calls every site in turn, and after every fourth a static call, a patchable function and a
-/// reader of every immediate, until told to stop, checking each result. With plugins, after every sixteenth site it also
-/// runs one plugin key's sites and the plugin's static call (see [`Plugins::visit`]).
+/// Calls every site in turn, and after every fourth a static call, a patchable function, a
+/// reader of every immediate and a detoured function, until told to stop, checking each result.
+/// With plugins, after every sixteenth site it also runs one plugin key's sites and the
+/// plugin's static call (see [`Plugins::visit`]).
 fn work(
     first: usize,
     sites: &[sites::Site],
@@ -485,6 +512,7 @@ fn work(
     let mut x = first as u64;
     let mut px = first as u64;
     let mut fx = first as u64;
+    let mut dx = first as u64;
     while !stop.load(Ordering::Relaxed) {
         for n in 0..sites.len() {
             let i = (n + offset) % sites.len();
@@ -519,6 +547,11 @@ fn work(
             if n % 4 == 1 {
                 h.immediates.visit(n / 4, &mut tally.immediates);
             }
+            if n % 4 == 3 {
+                // Small enough that `x * 32 + 18` cannot overflow.
+                dx = dx.wrapping_add(1) & 0x00ff_ffff_ffff_ffff;
+                h.detours.visit(n / 4, dx, &mut tally.detours);
+            }
             if let Some(p) = plugins
                 && n % 16 == 8
             {
@@ -535,16 +568,18 @@ fn work(
 /// without such a batch also make one change of functions alone (see
 /// [`functions::Changer::change_alone`]). Every round also sets immediates: within its batch of keys
 /// and a static call, or alone in the `inc`/`dec` rounds (see
-/// [`immediates::Setter::change_alone`]). With plugins, each round also makes one change to a
-/// plugin (see [`Plugins::change`]), and every `reload` one slot's plugin is unloaded and
-/// loaded afresh, the slots in turn.
+/// [`immediates::Setter::change_alone`]). Every fourth round turns detours on or off alone, and
+/// every eighth puts one in its batch of keys and a static call (see [`detours::Changer`]).
+/// With plugins, each round also makes one change to a plugin (see [`Plugins::change`]), and
+/// every `reload` one slot's plugin is unloaded and loaded afresh, the slots in turn.
 fn toggle_until(
     deadline: Instant,
     h: &Histories,
     t: &mut TogglerTally,
-    (fns, imms, mut plugins): (
+    (fns, imms, dets, mut plugins): (
         &mut functions::Changer<'_>,
         &mut immediates::Setter<'_>,
+        &mut detours::Changer<'_>,
         Option<(&Plugins, &mut plugins::TogglerTally, Duration)>,
     ),
     bar: &mut Reporter,
@@ -591,7 +626,7 @@ fn toggle_until(
             if round % 4 == 3 {
                 retarget(h, call, fns.join(round, batch), t).map(|()| fns.joined(round))
             } else {
-                retarget(h, call, batch, t)
+                retarget(h, call, dets.join(round, batch), t).map(|()| dets.joined(round))
             }
             .map(|()| imms.joined(round))
         };
@@ -613,6 +648,12 @@ fn toggle_until(
         }
         if round % 4 == 1
             && let Err(e) = imms.change_alone(round)
+        {
+            t.errors.push(e);
+            break;
+        }
+        if round.is_multiple_of(4)
+            && let Err(e) = dets.change_alone(round)
         {
             t.errors.push(e);
             break;

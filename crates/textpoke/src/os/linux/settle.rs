@@ -32,8 +32,10 @@
 //! business (such functions are refused before anything is written).
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use rustix::thread::futex;
 
 use crate::{Error, Result};
 
@@ -83,10 +85,8 @@ const BLOCK_WALL: Duration = Duration::from_millis(20);
 const TRAP_EDGE_NS: u64 = 2_000_000;
 /// How often the wait looks for threads that exited before answering.
 const EXIT_CHECK_EVERY: Duration = Duration::from_millis(1);
-/// Pause between looks at the answers once yielding alone has not been enough.
-const NAP: Duration = Duration::from_micros(50);
-/// Yields before the wait starts to sleep between looks.
-const YIELDS: u32 = 16;
+/// Longest sleep between looks at the answers (each answer wakes the caller sooner).
+const NAP: Duration = Duration::from_micros(200);
 
 /// One call's request, as the handler sees it. Lives in [`settle_threads`]'s frame.
 struct Request<'a> {
@@ -100,7 +100,9 @@ struct Request<'a> {
     /// Slots handed out in `answered_by`.
     claimed: AtomicUsize,
     /// Handlers done (after writing their slot).
-    answered: AtomicUsize,
+    /// A futex word: the waiting caller sleeps on it, so that its CPU is free for the threads
+    /// it waits for (a preempted one may be pulled there), and each answer wakes it.
+    answered: AtomicU32,
     moved: AtomicUsize,
     /// The first thread found inside a region but not at a `from`, and where.
     stray_tid: AtomicI32,
@@ -204,6 +206,8 @@ unsafe fn serve(request: &Request<'_>, uc: *mut libc::ucontext_t) {
         slot.store(tid, Ordering::SeqCst);
     }
     request.answered.fetch_add(1, Ordering::SeqCst);
+    // A raw system call, async-signal-safe; a failure only means the caller looks later.
+    let _ = futex::wake(&request.answered, futex::Flags::PRIVATE, 1);
 }
 
 /// Clears the settle state in a forked child, whose only thread is the one that forked.
@@ -309,9 +313,18 @@ impl<'r> Published<'r> {
 impl Drop for Published<'_> {
     fn drop(&mut self) {
         REQUEST.store(std::ptr::null_mut(), Ordering::SeqCst);
-        // A handler counted here may have loaded the pointer just before it was withdrawn.
+        // A handler counted here may have loaded the pointer just before it was withdrawn. It
+        // has answered already, so it is a few instructions from leaving: spin a little, then
+        // sleep, not yield, so that a handler preempted on this CPU gets it (a yield may hand
+        // the CPU straight back, and the handler waits for a scheduler tick).
+        let mut spins = 0u32;
         while INSIDE.load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
+            spins += 1;
+            if spins < 256 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
         }
     }
 }
@@ -624,7 +637,7 @@ pub fn settle_threads(
         regions,
         answered_by: &answered_by,
         claimed: AtomicUsize::new(0),
-        answered: AtomicUsize::new(0),
+        answered: AtomicU32::new(0),
         moved: AtomicUsize::new(0),
         stray_tid: AtomicI32::new(0),
         stray_pc: AtomicUsize::new(0),
@@ -660,11 +673,14 @@ pub fn settle_threads(
     }
 
     let deadline = start + timeout;
-    let mut looks = 0u32;
     let mut next_check = Instant::now() + EXIT_CHECK_EVERY;
     // Threads seen blocking the signal while they owed an answer, since when.
     let mut blocked: Vec<Blocked> = Vec::new();
-    while request.answered.load(Ordering::SeqCst) < sent.len() {
+    loop {
+        let answers = request.answered.load(Ordering::SeqCst);
+        if answers as usize >= sent.len() {
+            break;
+        }
         let now = Instant::now();
         if now >= next_check || now >= deadline {
             next_check = now + EXIT_CHECK_EVERY;
@@ -707,12 +723,14 @@ pub fn settle_threads(
                 break;
             }
         }
-        if looks < YIELDS {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(NAP);
-        }
-        looks += 1;
+        // Asleep, not yielding: a yield keeps this thread runnable, while a sleep lets its CPU
+        // go idle, and an idle CPU pulls a waiting thread from a busy one at once. Woken by each
+        // answer (or its value already changed: EAGAIN), or after a while to look again.
+        let nap = rustix::thread::Timespec {
+            tv_sec: 0,
+            tv_nsec: NAP.as_nanos() as _,
+        };
+        let _ = futex::wait(&request.answered, futex::Flags::PRIVATE, answers, Some(&nap));
     }
     // Every handler is out once this returns, so what they wrote is final.
     drop(published);
