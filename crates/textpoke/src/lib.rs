@@ -189,11 +189,11 @@ pub mod __private {
     };
     pub use crate::keys::table::jump_table_bytes;
     pub use crate::os::{BoundsSource, FunctionBounds, function_containing};
-    pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
     pub use crate::os::{Move, Settled, settle_signal, settle_threads};
     pub use crate::os::{
         NearCode, alloc_near, chunk_count as near_chunk_count, free_near, is_near_code, write_near,
     };
+    pub use crate::os::{loaded_objects, running_on_valgrind, set_trap_delay};
     /// `global_asm!` under a name that says what went wrong when a `static_call!` is written
     /// inside a function: the compiler's error names the macro it could not expand there.
     pub use core::arch::global_asm as static_call_must_be_declared_outside_functions;

@@ -215,7 +215,8 @@ fn hazards_are_refused_naming_the_instruction() {
     assert!(msg.contains("int3"), "{msg}");
     // Not a function start.
     // SAFETY: only its address is used: it is refused, never called.
-    let inside = unsafe { std::mem::transmute::<usize, Unary>(tp_plus_one as *const () as usize + 1) };
+    let inside =
+        unsafe { std::mem::transmute::<usize, Unary>(tp_plus_one as *const () as usize + 1) };
     let msg = refusal(inside);
     assert!(msg.contains("not a function start"), "{msg}");
 }
@@ -387,7 +388,11 @@ fn a_short_branch_in_the_prologue_keeps_its_target() {
         let d = unsafe { Detour::new(target, times_two as Unary) }.unwrap();
         d.enable().unwrap();
         assert_eq!(target(4), 8);
-        assert_eq!((d.original())(0), 1000, "the relocated jz reaches its target");
+        assert_eq!(
+            (d.original())(0),
+            1000,
+            "the relocated jz reaches its target"
+        );
         assert_eq!((d.original())(4), 5);
         0
     });
@@ -416,7 +421,11 @@ fn threads_blocked_in_a_call_from_the_region_and_in_the_trampoline_return_correc
             // SAFETY: as above.
             let again = unsafe { Detour::new(target, times_two as Unary) }.unwrap();
             again.enable().unwrap();
-            assert_eq!(again.original() as usize, original as usize, "the trampoline is reused");
+            assert_eq!(
+                again.original() as usize,
+                original as usize,
+                "the trampoline is reused"
+            );
         }
         RELEASE.store(true, Ordering::SeqCst);
         assert_eq!(in_target.join().unwrap(), 42);
@@ -491,13 +500,15 @@ mod uffd {
             // SAFETY: plain system calls on memory and descriptors this function owns; every
             // result is checked.
             unsafe {
-                let fd = libc::syscall(
-                    libc::SYS_userfaultfd,
-                    libc::O_CLOEXEC | UFFD_USER_MODE_ONLY,
-                ) as libc::c_int;
+                let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY)
+                    as libc::c_int;
                 assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
                 let mut api = [0xaau64, 0, 0];
-                assert_eq!(libc::ioctl(fd, UFFDIO_API, api.as_mut_ptr()), 0, "UFFDIO_API");
+                assert_eq!(
+                    libc::ioctl(fd, UFFDIO_API, api.as_mut_ptr()),
+                    0,
+                    "UFFDIO_API"
+                );
                 let addr = libc::mmap(
                     std::ptr::null_mut(),
                     4096,
@@ -509,7 +520,11 @@ mod uffd {
                 assert_ne!(addr, libc::MAP_FAILED);
                 // range { start, len }, mode MISSING (1), ioctls (out)
                 let mut reg = [addr as u64, 4096, 1, 0];
-                assert_eq!(libc::ioctl(fd, UFFDIO_REGISTER, reg.as_mut_ptr()), 0, "REGISTER");
+                assert_eq!(
+                    libc::ioctl(fd, UFFDIO_REGISTER, reg.as_mut_ptr()),
+                    0,
+                    "REGISTER"
+                );
                 Page {
                     addr: addr.cast(),
                     fd,
@@ -534,7 +549,11 @@ mod uffd {
 fn sleeping(tid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('S')))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('S'))
+        })
         .unwrap_or(false)
 }
 
@@ -560,7 +579,10 @@ fn a_thread_inside_the_region_is_moved_and_runs_on_correctly() {
         let tid = rx.recv().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !sleeping(tid) {
-            assert!(std::time::Instant::now() < deadline, "the load never waited");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never waited"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let before = textpoke::__private::threads_moved();

@@ -221,7 +221,10 @@ impl<F: Function> Detour<F> {
         if let Some(s) = &symbol {
             // glibc exports its functions under internal aliases too (`__libc_malloc`).
             let bare = s.split('@').next().unwrap_or(s);
-            let bare = bare.strip_prefix("__libc_").unwrap_or(bare).trim_start_matches('_');
+            let bare = bare
+                .strip_prefix("__libc_")
+                .unwrap_or(bare)
+                .trim_start_matches('_');
             if NEEDED.contains(&bare) {
                 return Err(refuse(
                     "textpoke calls it while it patches, so a replacement of it could run with \
@@ -247,8 +250,7 @@ impl<F: Function> Detour<F> {
         }
         let code = engine::read_code(target, bounds.end - bounds.start)
             .ok_or_else(|| refuse("its code cannot be read".into()))?;
-        let prologue =
-            arch::analyze_prologue(&code, target).map_err(|e| refuse(e.to_string()))?;
+        let prologue = arch::analyze_prologue(&code, target).map_err(|e| refuse(e.to_string()))?;
         let lock = engine::lock()?;
         let end = prologue.site + prologue.bytes.len();
         if engine::sites_within(&lock, prologue.site, end) {
@@ -258,8 +260,8 @@ impl<F: Function> Detour<F> {
                     .into(),
             ));
         }
-        let (trampoline, moves, jump_to) = keep(&lock, target, &prologue, replacement)
-            .map_err(|e| match e {
+        let (trampoline, moves, jump_to) =
+            keep(&lock, target, &prologue, replacement).map_err(|e| match e {
                 Error::Detour { why, .. } => refuse(why),
                 other => other,
             })?;

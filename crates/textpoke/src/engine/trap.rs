@@ -60,9 +60,10 @@ pub const STRICT_SLOTS: usize = 256;
 /// holds the patch lock. False when full.
 pub(super) fn add_strict(addr: usize) -> bool {
     is_strict(addr)
-        || STRICT
-            .iter()
-            .any(|s| s.compare_exchange(0, addr, Ordering::SeqCst, Ordering::Relaxed).is_ok())
+        || STRICT.iter().any(|s| {
+            s.compare_exchange(0, addr, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        })
 }
 
 fn is_strict(addr: usize) -> bool {

@@ -730,7 +730,12 @@ pub fn settle_threads(
             tv_sec: 0,
             tv_nsec: NAP.as_nanos() as _,
         };
-        let _ = futex::wait(&request.answered, futex::Flags::PRIVATE, answers, Some(&nap));
+        let _ = futex::wait(
+            &request.answered,
+            futex::Flags::PRIVATE,
+            answers,
+            Some(&nap),
+        );
     }
     // Every handler is out once this returns, so what they wrote is final.
     drop(published);
