@@ -633,9 +633,7 @@ fn note(args: &AltArgs, code: &AltLoopCode, applied: Applied) -> String {
         "; work_a, work_c, work_c_a (and the defaults) each hold an empty asm! comment naming \
          them, so that LLVM does not merge them with work",
     );
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     note
 }
 

@@ -211,9 +211,7 @@ pub fn run(args: &BranchArgs) -> Result<BranchRow> {
         args.iters,
         (args.iters / 8).max(1)
     );
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     Ok(BranchRow {
         empty_ns: empty,
         textpoke_disabled_ns: textpoke,

@@ -714,9 +714,7 @@ fn note(
             placement.main
         ));
     }
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     note
 }
 

@@ -906,9 +906,7 @@ fn note(args: &DetourArgs, placement: &Placement, retour: &ChildTiming) -> Strin
         reps = args.reps,
         iters = args.iters,
     );
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     note
 }
 

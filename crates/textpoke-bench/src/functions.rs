@@ -760,9 +760,7 @@ fn note(args: &FunctionsArgs, placement: &Placement, finding: &str) -> String {
         iters = args.iters,
         samples = args.samples,
     );
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     note
 }
 

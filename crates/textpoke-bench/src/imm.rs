@@ -175,9 +175,7 @@ pub fn run(args: &ImmArgs) -> Result<ImmRow> {
         iters = args.iters,
         samples = args.samples,
     );
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     Ok(ImmRow {
         imm_read_ns: imm_read,
         atomic_read_ns: atomic_read,

@@ -195,6 +195,13 @@ struct FunctionsRow {
     imm: imm::ImmRow,
 }
 
+/// Ends a result's note with a warning when this is a debug build, whose figures mean nothing.
+pub(crate) fn mark_debug_build(note: &mut String) {
+    if cfg!(debug_assertions) {
+        note.push_str("; DEBUG BUILD: not representative");
+    }
+}
+
 /// Prints a subcommand's one result: a JSON line, or its table.
 fn emit<R: serde::Serialize>(json: bool, row: &R, table: fn(&R) -> Result<()>) -> Result<()> {
     if json {

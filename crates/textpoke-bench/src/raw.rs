@@ -179,9 +179,7 @@ fn note(
          (SA_SIGINFO|SA_ONSTACK|SA_RESTART, as textpoke's)",
         window_us / traps.max(1) as f64
     ));
-    if cfg!(debug_assertions) {
-        note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut note);
     note
 }
 

@@ -210,9 +210,7 @@ pub fn measure_floor(args: &ToggleArgs) -> Result<FloorRow> {
         Some(p) => floor_note.push_str(&format!("; {}", p.describe(FLOOR_BUSY_THREADS))),
         None => floor_note.push_str("; threads placed by the scheduler (--no-pin)"),
     }
-    if cfg!(debug_assertions) {
-        floor_note.push_str("; DEBUG BUILD: not representative");
-    }
+    crate::mark_debug_build(&mut floor_note);
     Ok(FloorRow {
         one_site_us,
         membarrier_us,
