@@ -83,7 +83,7 @@ fn code(f: unsafe extern "C" fn() -> u64, len: usize) -> Vec<u8> {
 }
 
 /// Checks that `err` refuses `table`'s site `offset` bytes into `f`, naming the site, the
-/// function `name` and the instruction `insn` it lies inside (at the function's +`insn_at`).
+/// function `name` and the instruction `insn` it lies inside (the function's first).
 fn check_refusal(err: &Error, table: &str, f: usize, name: &str, offset: usize, insn: &str) {
     let Error::BadTable { table: t, why } = err else {
         panic!("expected BadTable, got {err:?}");

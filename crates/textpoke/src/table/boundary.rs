@@ -1,15 +1,28 @@
 //! Every site must start an instruction of its function (design invariant 3), checked once, when
-//! a table is indexed, by decoding the function from its first byte.
+//! a table is indexed, by decoding from the function's first byte.
 //!
 //! Holding the expected bytes is not enough: a stale entry can land on an identical 5-byte NOP
 //! inside another instruction's immediate, and patching it would change what that instruction
 //! computes. Function bounds come from the object's unwind table or symbol table
-//! ([`os::function_containing`]); where neither knows the site's function, or decoding it stops
+//! ([`os::function_containing`]); where neither knows the site's function, or decoding stops
 //! being evidence before the site (see [`arch::instruction_starts`]), the site keeps only the
-//! byte check of every batch: refusing a working program on a guess would be worse.
+//! byte check of every batch: refusing a working program on a guess would be worse. Copies of
+//! textpoke that may be unloaded (plugins that are not the process's patcher) do not decode at
+//! all (see [`never_unloaded`]).
+//!
+//! A lookup costs microseconds and tables hold thousands of sites, most in small functions laid
+//! out one after another. So the walk goes on decoding from where it stands (the end of the
+//! function it decoded, or the last site it reached) to the next site nearby, through the
+//! padding between functions, which compilers and linkers make of whole instructions (`int3`
+//! or NOPs), and so through the next function's start: landing on the site is then the same
+//! evidence as decoding that function from its start. Missing it is never a refusal by itself:
+//! the site's function is then looked up and decoded from its own start, and only that decides.
+//! (Bytes between functions that are not whole instructions, data in text, could put the walk
+//! out of step and let it land, by chance, on a misplaced site: a stale entry would then keep
+//! only the byte check, as before.)
 
 use crate::os::{self, BoundsSource};
-use crate::{Error, Result, arch};
+use crate::{Error, Result, arch, engine};
 
 use super::Table;
 
@@ -34,6 +47,9 @@ pub(super) fn check(table: &Table, sorted: &[(usize, usize)]) -> Result<()> {
     let Some(object) = os::object_containing(first, 1) else {
         return Ok(());
     };
+    if !never_unloaded(&object) {
+        return Ok(());
+    }
     let sites: Vec<usize> = sorted.iter().map(|&(site, _)| site).collect();
     let bounds = |site| os::function_containing(site).map(|b| (b.start, b.end));
     let read = |start: usize, len: usize| {
@@ -54,16 +70,44 @@ pub(super) fn check(table: &Table, sorted: &[(usize, usize)]) -> Result<()> {
     }
 }
 
-/// The first of `sites` (ascending) that is not an instruction start of its function, with the
-/// function's bounds from `bounds` and its bytes from `read`. Each function is looked up and
-/// decoded once, for all of its sites.
+/// Whether this copy of textpoke, in `object`, stays loaded until the process ends: it is the
+/// process's patcher (whose object is made permanent), or its object is the main program.
+///
+/// Only such a copy decodes: iced-x86 builds its decoder's tables (about 450 KiB) on a copy's
+/// first decode and never frees them, so a plugin loaded and unloaded over and over would leak
+/// them each time.
+fn never_unloaded(object: &os::Object) -> bool {
+    engine::patcher_id().is_ok_and(|(_, here)| here)
+        || os::loaded_objects()
+            .first()
+            .is_some_and(|main| main.base == object.base && main.name == object.name)
+}
+
+/// How far past a known instruction boundary the walk decodes on to reach the next site rather
+/// than looking its function up: about what one lookup costs in decoding.
+const REACH: usize = 4096;
+
+/// The first of `sites` (ascending) that is not an instruction start of its function, with
+/// functions' bounds from `bounds` and code from `read`. Each function looked up is decoded
+/// once, for all of its sites; sites reached by decoding on (see the [module docs](self)) need
+/// no lookup.
 fn first_misplaced<'a>(
     sites: &[usize],
     mut bounds: impl FnMut(usize) -> Option<(usize, usize)>,
     read: impl Fn(usize, usize) -> Option<&'a [u8]>,
 ) -> Option<Misplaced> {
+    // An instruction boundary at or below the next site: a decoded function's end or a site.
+    let mut cursor: Option<usize> = None;
     let mut i = 0;
     while let Some(&site) = sites.get(i) {
+        let reached = cursor.is_some_and(|at| {
+            site - at <= REACH && read(at, site - at).is_some_and(|c| arch::lands_on_end(c, at))
+        });
+        if reached {
+            cursor = Some(site);
+            i += 1;
+            continue;
+        }
         let Some((start, end)) = bounds(site).filter(|&(s, e)| s <= site && site < e) else {
             i += 1;
             continue;
@@ -72,8 +116,10 @@ fn first_misplaced<'a>(
         let group = &sites[i..i + sites[i..].partition_point(|&s| s < end)];
         i += group.len();
         let Some(code) = read(start, end - start) else {
+            cursor = None;
             continue;
         };
+        cursor = Some(end);
         // Where decoding stops being evidence, a site after it is not judged: an instruction
         // start there could be wrong as well as right.
         let (starts, known_end) = match arch::instruction_starts(code, start) {
@@ -225,8 +271,58 @@ mod tests {
             first_misplaced(&[AT, AT + 1, AT + 11, AT + 16], counting, reader(&CODE)),
             None
         );
-        assert_eq!(looked_up, 2, "one lookup per function");
+        assert_eq!(
+            looked_up, 1,
+            "the second function is reached by decoding on"
+        );
         let found = first_misplaced(&[AT + 11, AT + 12], bounds, reader(&CODE)).unwrap();
         assert_eq!((found.site, found.insn), (AT + 12, (AT + 11, 5)));
+    }
+
+    #[test]
+    fn boundary_decoding_on_through_padding_needs_no_lookup() {
+        // Three copies of CODE, 32 bytes apart, `int3` padding between them.
+        let mut code = vec![0xcc; 96];
+        for f in 0..3 {
+            code[32 * f..32 * f + CODE.len()].copy_from_slice(&CODE);
+        }
+        let functions = |a: usize| {
+            let f = (a - AT) / 32;
+            (a - AT - 32 * f < CODE.len()).then_some((AT + 32 * f, AT + 32 * f + CODE.len()))
+        };
+        let mut looked_up = 0;
+        let counting = |a| {
+            looked_up += 1;
+            functions(a)
+        };
+        let sites = [AT + 11, AT + 32, AT + 43, AT + 64 + 11, AT + 64 + 17];
+        assert_eq!(first_misplaced(&sites, counting, reader(&code)), None);
+        assert_eq!(looked_up, 1);
+    }
+
+    #[test]
+    fn boundary_a_site_decoding_on_misses_is_judged_from_its_functions_start() {
+        let mut code = vec![0xcc; 64];
+        code[..CODE.len()].copy_from_slice(&CODE);
+        code[32..32 + CODE.len()].copy_from_slice(&CODE);
+        let functions = |a: usize| match a - AT {
+            0..18 => Some((AT, AT + 18)),
+            32..50 => Some((AT + 32, AT + 50)),
+            _ => None,
+        };
+        let found = first_misplaced(&[AT + 11, AT + 32 + 5], functions, reader(&code));
+        assert_eq!(
+            found,
+            Some(Misplaced {
+                site: AT + 37,
+                function: (AT + 32, AT + 50),
+                insn: (AT + 33, 10),
+            })
+        );
+        // Bytes between functions that throw decoding on out of step (here: `0f` then the
+        // function's `push rbp` read as part of one instruction) refuse nothing by themselves.
+        code[31] = 0x0f;
+        let sites = [AT + 11, AT + 32, AT + 33];
+        assert_eq!(first_misplaced(&sites, functions, reader(&code)), None);
     }
 }

@@ -46,6 +46,23 @@ pub fn instruction_starts(code: &[u8], start: usize) -> Result<Vec<usize>, usize
     Ok(starts)
 }
 
+/// Whether decoding `code` (at `start`, an instruction boundary), one instruction after another,
+/// lands exactly on its end, `start + code.len()`: whether that address is an instruction
+/// boundary as seen from `start`. Nothing about the bytes is trusted or doubted here: an `int3`
+/// or a jump is just an instruction.
+pub fn lands_on_end(code: &[u8], start: usize) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, start as u64, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        // A last instruction cut by the end does not decode either.
+        if insn.is_invalid() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether `insn` is a direct branch to `[start, end)`: a compiler's jump to a block of the
 /// function (as a rotated loop's entry is), not a hook's.
 fn jumps_within(insn: &Instruction, start: usize, end: usize) -> bool {
@@ -91,6 +108,19 @@ mod tests {
         assert_eq!(instruction_starts(&code, AT), Err(AT + 2));
         // What came before still decodes, the `int3` included.
         assert_eq!(instruction_starts(&code[..2], AT), Ok(vec![AT, AT + 1]));
+    }
+
+    #[test]
+    fn boundaries_land_on_the_end_only_between_instructions() {
+        assert!(lands_on_end(&[], AT));
+        // int3 padding, then `push rbp; movabs rax, ...`
+        let code = [
+            0xcc, 0xcc, 0x55, 0x48, 0xb8, 0x90, 0x90, 0x90, 0x0f, 0x1f, 0x44, 0, 0,
+        ];
+        assert!(lands_on_end(&code[..3], AT));
+        assert!(lands_on_end(&code, AT));
+        assert!(!lands_on_end(&code[..8], AT), "inside the movabs");
+        assert!(!lands_on_end(&[0x90, 0x06], AT), "bytes that do not decode");
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod prologue;
 mod relocate;
 mod trampoline;
 
-pub use boundaries::instruction_starts;
+pub use boundaries::{instruction_starts, lands_on_end};
 pub use emulate::{GPRS, Insn, Regs, WireInsn, condition_holds, emulate};
 pub use encode::{
     CALL_LEN, JUMP_LABEL_LEN, call_code, disassemble, jump_label_code, mov_imm_code, mov_imm_len,
@@ -17,8 +17,8 @@ pub use encode::{
 pub use first_use::FIRST_USE_LEN;
 pub(crate) use first_use::save_all_and_call;
 pub use nop::{fill_padding, is_nop, nop_len};
-pub use relocate::{relocate, relocate_mapped};
 pub use prologue::{Prologue, analyze_prologue};
+pub use relocate::{relocate, relocate_mapped};
 pub use trampoline::{TRAMPOLINE_LEN, TRAMPOLINE_PATCH_LEN, TrampolineForm};
 
 /// The breakpoint written over the first byte of every site while a batch is in flight.
