@@ -115,11 +115,16 @@ macro_rules! __arch_static_call_trampoline {
             concat!(".hidden \"", $sym, "\""),
             concat!(".type \"", $sym, "\",@function"),
             concat!("\"", $sym, "\":"),
+            // Unwind information: unwinders and debuggers step through the jump, and textpoke
+            // finds the trampoline's bounds in the unwind table (a symbol-table lookup would
+            // read the object's file).
+            ".cfi_startproc",
             ".byte 0xe9",
             concat!(".long {target} - (\"", $sym, "\" + 5)"),
             ".byte 0xcc, 0xcc, 0xcc",
             ".quad 0",
             ".quad 0",
+            ".cfi_endproc",
             concat!(".size \"", $sym, "\", 24"),
             ".popsection",
             ".pushsection textpoke_call_v2,\"aR\",@progbits",
