@@ -127,7 +127,7 @@ enum Command {
     /// Time to apply 1,000 instruction-level alternatives (forked children); ns per call of a
     /// direct call, textpoke's multiversion! (both forms) and the multiversion crate.
     Alt(alt::AltArgs),
-    /// ns per call: plain, patchable (disabled, traced), tracing's #[instrument]; tracing 1,000
+    /// ns per call: plain, patchable (disabled, traced), tracing's `#[instrument]`; tracing 1,000
     /// functions and replacing one, busy thread; ns per read of an immediate value vs an
     /// AtomicU32 load; the time of one `set` of an immediate with 1,000 read sites.
     Functions(FunctionsArgs),

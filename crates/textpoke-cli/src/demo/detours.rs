@@ -351,7 +351,8 @@ impl<'s> Changer<'s> {
         }
     }
 
-    /// Round `round`'s change of detours alone (see [`alone`](Self::alone)).
+    /// Round `round`'s change of detours alone: by turns one by its own `enable`/`disable`, and
+    /// two in one batch.
     pub fn change_alone(&mut self, round: usize) -> Result<(), String> {
         let chosen = Self::alone(round);
         let enables = chosen.iter().any(|&d| !on(&self.shared.history[d]));
