@@ -46,6 +46,7 @@ pub fn prepare_for_patching() -> crate::Result<()> {
 /// Frees cached state (this copy's object is being unloaded).
 pub fn release() {
     objects::release();
+    symbols::release();
 }
 
 /// Registers a function to run when the process exits (`atexit`), before any object's

@@ -87,6 +87,14 @@ impl Symbols {
 
 /// The last files read: messages tend to name a few objects many times.
 static CACHE: Mutex<Vec<Arc<Symbols>>> = Mutex::new(Vec::new());
+
+/// Frees the cached symbol tables (this copy's object is being unloaded). `try_lock`, like
+/// every other use: a message being named on another thread just keeps its copy.
+pub(super) fn release() {
+    if let Ok(mut cache) = CACHE.try_lock() {
+        cache.clear();
+    }
+}
 const CACHED_FILES: usize = 4;
 
 fn symbols_of(path: &str) -> Option<Arc<Symbols>> {
