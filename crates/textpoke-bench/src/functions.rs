@@ -794,13 +794,6 @@ pub fn print_table(r: &FunctionsRow) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The command line of the subcommand, for its defaults.
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: FunctionsArgs,
-    }
-
     fn run_and_print(args: &FunctionsArgs) -> Result<(FunctionsRow, serde_json::Value)> {
         let _serial = crate::tests::serial();
         let row = measure(args)?;
@@ -885,13 +878,5 @@ mod tests {
         );
         assert_eq!(replaced(3), mix(3, 7));
         Ok(())
-    }
-
-    #[test]
-    #[ignore = "a full measurement: cargo test --release -p textpoke-bench functions -- --ignored --nocapture"]
-    fn full_functions_run() -> Result<()> {
-        use clap::Parser;
-        let cli = Cli::parse_from(["functions"]);
-        run_and_print(&cli.args).map(drop)
     }
 }
