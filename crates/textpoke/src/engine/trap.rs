@@ -66,8 +66,18 @@ pub(super) fn add_strict(addr: usize) -> bool {
         })
 }
 
+/// The registered detour sites. Slots are filled in order and never emptied, so they are the
+/// filled prefix: every trap scans only as many as there are detoured functions, none in a
+/// process without detours.
+fn strict_sites() -> impl Iterator<Item = usize> {
+    STRICT
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .take_while(|&a| a != 0)
+}
+
 fn is_strict(addr: usize) -> bool {
-    addr != 0 && STRICT.iter().any(|s| s.load(Ordering::Relaxed) == addr)
+    addr != 0 && strict_sites().any(|a| a == addr)
 }
 
 /// A withdrawn flight kept for reuse, so a batch does not allocate its trap table afresh.
@@ -208,10 +218,7 @@ fn registered(addr: usize) -> bool {
 /// detour of the same function).
 pub(super) fn any_site_in(start: usize, end: usize) -> bool {
     READERS.fetch_add(1, Ordering::SeqCst);
-    let mut found = STRICT.iter().any(|s| {
-        let a = s.load(Ordering::Relaxed);
-        a > start && a < end
-    });
+    let mut found = strict_sites().any(|a| a > start && a < end);
     for (ptr, len) in REGISTRY_PTR.iter().zip(&REGISTRY_LEN) {
         let p = ptr.load(Ordering::SeqCst);
         if found || p.is_null() {
