@@ -1,12 +1,14 @@
 //! `textpoke`: live code patching tools. `textpoke demo` is a stress test of static keys and
-//! static calls; `textpoke decode` disassembles machine code from crash reports.
+//! static calls; `textpoke decode` disassembles machine code from crash reports; `textpoke
+//! inspect` and `verify` read and check the tables of an ELF file; `textpoke ctl` controls a
+//! running process by name.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use textpoke_cli::{decode, demo};
+use textpoke_cli::{ctl, decode, demo, inspect};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +48,10 @@ enum Command {
         /// milliseconds, the plugins in turn.
         #[arg(long, default_value_t = 10, value_name = "MS")]
         plugin_reload_ms: u64,
+        /// Serve `textpoke ctl` (a Unix socket named by this process's id) while the demo runs,
+        /// so that another terminal can list and toggle the demo's keys.
+        #[arg(long)]
+        serve: bool,
     },
     /// Disassemble machine code from a crash report: hex bytes or a kernel oops `Code:` line.
     ///
@@ -72,6 +78,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List every textpoke table of an ELF executable or shared object, without running it:
+    /// keys with their sites, source lines and initial states, static calls, alternatives with
+    /// their candidates and CPU features, patchable functions and immediate values.
+    Inspect {
+        /// The ELF file.
+        file: std::path::PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every textpoke table entry of an ELF file as the runtime would, and more (like the
+    /// kernel's objtool): sites in executable sections, on instruction boundaries decoded from
+    /// their function's start, holding their initial bytes, jumps inside their function, no
+    /// overlaps, every key resolved, known table versions. Prints one line per problem and
+    /// exits non-zero if there is any.
+    Verify {
+        /// The ELF file.
+        file: std::path::PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Control a running process that serves textpoke's control socket
+    /// (`textpoke::control::serve()` or `TEXTPOKE_CONTROL=1`): list, enable, disable, set,
+    /// trace, untrace, profile, replace-noop, alternatives.
+    #[command(after_help = ctl::EXAMPLES)]
+    Ctl {
+        /// The process: its id, or its executable's name when exactly one serving process has
+        /// it.
+        process: String,
+        /// The verb and its arguments: `list [PATTERN]`, `enable PATTERN`, `disable PATTERN`,
+        /// `set NAME VALUE`, `trace PATTERN`, `untrace PATTERN`, `profile PATTERN`,
+        /// `replace-noop PATTERN`, `alternatives [PATTERN]`.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+        /// With `profile`: how long to profile, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Give up after this many seconds without a reply.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
 }
 
 const DECODE_EXAMPLES: &str = "Examples:
@@ -89,13 +140,30 @@ fn main() -> ExitCode {
             json,
             plugins,
             plugin_reload_ms,
+            serve,
         } => run_demo(
             seconds,
             threads,
             sites,
             json,
             (plugins, Duration::from_millis(plugin_reload_ms)),
+            serve,
         ),
+        Command::Inspect { file, json } => inspect::run_inspect(&file, json),
+        Command::Verify { file, json } => inspect::run_verify(&file, json),
+        Command::Ctl {
+            process,
+            command,
+            json,
+            seconds,
+            timeout,
+        } => ctl::run(&ctl::Options {
+            process,
+            command,
+            json,
+            seconds,
+            timeout,
+        }),
         Command::Decode {
             code,
             arch,
@@ -147,6 +215,7 @@ fn run_demo(
     sites: usize,
     json: bool,
     (plugins, plugin_reload): (usize, Duration),
+    serve: bool,
 ) -> ExitCode {
     let Ok(duration) = Duration::try_from_secs_f64(seconds) else {
         eprintln!("textpoke demo: --seconds {seconds} is not a valid duration");
@@ -163,6 +232,7 @@ fn run_demo(
         },
         plugins,
         plugin_reload,
+        serve,
     };
     let report = match demo::run(&config) {
         Ok(r) => r,

@@ -14,6 +14,7 @@ fn toggling_under_load_is_consistent() {
         progress: demo::Progress::Off,
         plugins: 0,
         plugin_reload: Duration::from_millis(10),
+        serve: false,
     })
     .unwrap();
     assert!(report.ok(), "{report:?}");
@@ -91,6 +92,7 @@ fn plugins_loaded_toggled_and_unloaded_under_load_are_consistent() {
         progress: demo::Progress::Off,
         plugins: 2,
         plugin_reload: Duration::from_millis(10),
+        serve: false,
     })
     .unwrap();
     assert!(report.ok(), "{report:?}");

@@ -40,6 +40,8 @@ pub struct Config {
     pub plugins: usize,
     /// How often the main thread unloads one slot's plugin and loads a fresh copy.
     pub plugin_reload: Duration,
+    /// Serve `textpoke ctl` while the demo runs.
+    pub serve: bool,
 }
 
 /// What happened. Serialized as the `--json` output.
