@@ -175,6 +175,19 @@ fn expand_fn(
         };
         quote!(#unsafety #abi fn(#(#types),*) #output)
     });
+    // A function that returns nothing can be made a no-op from outside (`replace-noop`): the
+    // arm below returns `()` for it, which only type-checks for such a function.
+    let unit = sig.asyncness.is_none()
+        && match &sig.output {
+            ReturnType::Default => true,
+            ReturnType::Type(_, ty) => matches!(&**ty, syn::Type::Tuple(t) if t.elems.is_empty()),
+        };
+    let noop_arm = (unit && fn_ptr.is_some()).then(|| {
+        quote! {
+            ::core::option::Option::Some(__textpoke_target)
+                if __textpoke_target == ::textpoke::functions::__NOOP => {}
+        }
+    });
     let (record, replaced_arm, self_addr) = match &fn_ptr {
         Some(fn_ptr) => (
             quote!(::textpoke::__patchable_record!(__TEXTPOKE_FN, #path);),
@@ -210,6 +223,7 @@ fn expand_fn(
                 ::core::concat!(::core::module_path!(), "::", #display),
                 ::core::file!(),
                 ::core::line!(),
+                #unit,
             );
             #record
             if ::textpoke::static_branch_unlikely!(__TEXTPOKE_KEY) {
@@ -217,6 +231,7 @@ fn expand_fn(
                     ::textpoke::functions::__divert(&__TEXTPOKE_FN)
                 {
                     return __textpoke_call.run(#self_addr, move |__textpoke_with| match __textpoke_with {
+                        #noop_arm
                         #replaced_arm
                         // SAFETY: as for any call of this function by its caller.
                         ::core::option::Option::None => unsafe { #path(#(#args),*) },

@@ -70,6 +70,18 @@ impl<'a> Batch<'a> {
         item.__set(self, value)
     }
 
+    /// Sets the key whose state is `key` (a change by name).
+    pub(crate) fn set_key(mut self, key: &'a KeyCore, on: bool) -> Self {
+        self.changes.push((key, on));
+        self
+    }
+
+    /// Sets the immediate whose state is `imm` to `bits` (a change by name).
+    pub(crate) fn set_imm(mut self, imm: &'a ImmCore, bits: u64) -> Self {
+        self.imms.push((imm, bits));
+        self
+    }
+
     /// Points static call `call` at `f`, which must have the call's declared signature.
     pub fn update<C: StaticCall>(mut self, call: &'a C, f: C::Fn) -> Self {
         self.calls.push((call.__core(), Some(C::__addr(f))));

@@ -222,6 +222,12 @@ pub enum Error {
         /// What failed, naming the thread (id and name).
         why: String,
     },
+    /// The control server could not start (see [`crate::control::serve`]).
+    #[error("cannot serve textpoke control requests: {why}")]
+    Control {
+        /// What failed, naming the socket.
+        why: String,
+    },
     /// Patching failed part-way and could not be rolled back. The breakpoint handler stays
     /// armed for the affected sites, so threads remain safe, but the named site is damaged.
     #[error("patching failed at {site} and could not be rolled back: {why}")]

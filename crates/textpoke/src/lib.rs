@@ -138,6 +138,7 @@ pub mod alternatives;
 mod arch;
 mod batch;
 mod calls;
+pub mod control;
 pub mod detours;
 mod engine;
 mod error;
@@ -218,6 +219,18 @@ extern "C" fn on_unload() {
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static ON_UNLOAD: extern "C" fn() = on_unload;
+
+/// Runs when this copy's object is loaded (an `.init_array` entry: before `main` for the
+/// executable's copy, in `dlopen` for a plugin's): applies `TEXTPOKE` and starts the control
+/// server if `TEXTPOKE_CONTROL=1`. Does nothing, and touches no table, when neither is set.
+extern "C" fn on_load() {
+    // A panic must not unwind out of the loader, nor abort the program before `main`.
+    let _ = std::panic::catch_unwind(control::apply_at_load);
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
 
 /// Frees this copy's heap state: its object is being unloaded.
 ///

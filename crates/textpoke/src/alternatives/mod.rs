@@ -185,6 +185,29 @@ pub fn choices() -> Result<Vec<(usize, String)>> {
         .collect()
 }
 
+/// One alternative site of this copy's object, as the registry lists it.
+pub(crate) struct AltRow {
+    pub(crate) addr: usize,
+    /// Each candidate's feature, in priority order (`""` for the default).
+    pub(crate) candidates: Vec<String>,
+    /// The feature chosen for this machine, or why none can be.
+    pub(crate) chosen: std::result::Result<String, String>,
+}
+
+/// Every alternative site of this copy's object, in address order.
+pub(crate) fn rows(lock: &crate::engine::PatchGuard) -> Result<Vec<AltRow>> {
+    Ok(alt_index(lock)?
+        .iter()
+        .map(|site| AltRow {
+            addr: site.addr,
+            candidates: site.candidates.iter().map(|c| c.feature.clone()).collect(),
+            chosen: choose(site)
+                .map(|c| c.feature.clone())
+                .map_err(|e| e.to_string()),
+        })
+        .collect())
+}
+
 /// The code [`apply`] would write at each site, in address order. For tests.
 #[doc(hidden)]
 pub fn planned_code() -> Result<Vec<(usize, Vec<u8>)>> {

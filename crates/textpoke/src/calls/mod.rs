@@ -778,6 +778,41 @@ macro_rules! __static_call_method {
 
 /// The static call that `addr` belongs to (its state, trampoline or an inline call site), if
 /// the index is built and has one (an error path does not build it).
+/// One static call of this copy's object, as the registry lists it.
+pub(crate) struct CallRow {
+    pub(crate) name: &'static str,
+    pub(crate) declared: &'static std::panic::Location<'static>,
+    /// Its trampoline and inline call sites.
+    pub(crate) sites: usize,
+    /// Where it calls now; `None` while it is a no-op.
+    pub(crate) target: Option<usize>,
+}
+
+/// Every static call of this copy's object, in address order.
+pub(crate) fn rows(lock: &PatchGuard) -> Result<Vec<CallRow>> {
+    let index = table::call_index(lock)?;
+    Ok(index
+        .calls()
+        .iter()
+        .map(|site| {
+            // SAFETY: validation checked that every entry's state is a `CallCore` of this copy
+            // of textpoke (its signature) in the object's data, and calls are statics.
+            let core = unsafe { &*(site.core as *const CallCore) };
+            let target = match core.target.load(Ordering::Acquire) {
+                INITIAL => Some(site.initial),
+                NOOP => None,
+                t => Some(t),
+            };
+            CallRow {
+                name: core.name,
+                declared: core.declared,
+                sites: 1 + index.inline_sites(site.core).count(),
+                target,
+            }
+        })
+        .collect())
+}
+
 pub(crate) fn item_at(_lock: &PatchGuard, addr: usize) -> Option<Item> {
     let core = table::INDEX.peek()?.as_ref().ok()?.owner(addr)?;
     // SAFETY: validation checked that every entry's state is a `CallCore` of this copy of

@@ -81,6 +81,11 @@ impl CallIndex {
         })
     }
 
+    /// Every call, sorted by state address.
+    pub(crate) fn calls(&self) -> &[CallSite] {
+        &self.calls
+    }
+
     pub(crate) fn find(&self, core: usize) -> Option<&CallSite> {
         self.calls
             .binary_search_by_key(&core, |c| c.core)

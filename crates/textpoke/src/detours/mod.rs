@@ -167,6 +167,8 @@ struct Kept {
     stubs: Vec<(usize, NearCode)>,
     /// Whether a live [`Detour`] uses it.
     live: bool,
+    /// Whether that detour is enabled (kept for the registry; the detour's own flag rules).
+    enabled: bool,
 }
 
 static KEPT: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
@@ -404,8 +406,12 @@ impl DetourPlan {
     /// The batch was written.
     pub(crate) fn commit(changes: &[(&DetourCore, bool)]) {
         // In order: the last change named wins, as it did in `add`.
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
         for &(d, on) in changes {
             d.enabled.store(on, Ordering::Release);
+            if let Some(k) = kept.iter_mut().find(|k| k.target == d.target) {
+                k.enabled = on;
+            }
         }
     }
 }
@@ -434,7 +440,17 @@ fn release(target: usize) {
     let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(k) = kept.iter_mut().find(|k| k.target == target) {
         k.live = false;
+        k.enabled = false;
     }
+}
+
+/// Every function a live [`Detour`] of this copy holds: (its address, whether enabled).
+pub(crate) fn rows() -> Vec<(usize, bool)> {
+    let kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    kept.iter()
+        .filter(|k| k.live)
+        .map(|k| (k.target, k.enabled))
+        .collect()
 }
 
 /// The trampoline of `target` (made, or reused if its prologue is unchanged), its thread moves
@@ -473,6 +489,7 @@ fn keep(
                 moves,
                 stubs: Vec::new(),
                 live: false,
+                enabled: false,
             });
             kept.len() - 1
         }

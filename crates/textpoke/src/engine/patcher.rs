@@ -74,7 +74,25 @@ pub struct PatcherV1 {
     in_trap_handler: extern "C" fn(i32, u64) -> bool,
     /// The first instruction of the patcher's SIGTRAP handler.
     trap_handler_entry: extern "C" fn() -> usize,
+    // Appended after the first release; present when `size` covers them.
+    /// Runs one control request (UTF-8 text, see `crate::control`) on this copy's own items,
+    /// writing its JSON reply through the sink. The caller must not hold the lock (a change
+    /// takes it) and must keep this copy's object loaded. Returns how many items matched, or
+    /// -1 when the request failed (the reply says why).
+    control: unsafe extern "C" fn(*const u8, usize, Sink, *mut libc::c_void) -> i64,
+    /// Starts serving the control socket in this copy (which must be the patcher's: its object
+    /// is permanent). Writes the socket's address, or why it could not, through the sink.
+    /// 0 on success, -1 on failure.
+    serve: unsafe extern "C" fn(Sink, *mut libc::c_void) -> i32,
 }
+
+/// Where a copy writes text for another: `(context, bytes, length)`, called any number of
+/// times, appending.
+type Sink = unsafe extern "C" fn(*mut libc::c_void, *const u8, usize);
+
+/// Bytes of a table that has every field of the first release (before `control`): any later
+/// table has at least these.
+const V1_CORE_SIZE: usize = std::mem::offset_of!(PatcherV1, control);
 
 const fn name() -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -110,6 +128,8 @@ static PATCHER: PatcherV1 = PatcherV1 {
     exiting: abi_exiting,
     in_trap_handler: abi_in_trap_handler,
     trap_handler_entry: abi_trap_handler_entry,
+    control: abi_control,
+    serve: abi_serve,
 };
 
 os::rendezvous_note!(PATCHER, "1");
@@ -187,7 +207,7 @@ fn join() -> Result<&'static PatcherV1> {
 fn check_table(p: &PatcherV1, object: &str) -> Result<()> {
     if p.magic == MAGIC
         && p.version == RENDEZVOUS_VERSION
-        && p.size as usize >= size_of::<PatcherV1>()
+        && p.size as usize >= V1_CORE_SIZE
     {
         return Ok(());
     }
@@ -203,7 +223,7 @@ fn check_table(p: &PatcherV1, object: &str) -> Result<()> {
             },
             p.version,
             p.size,
-            size_of::<PatcherV1>()
+            V1_CORE_SIZE
         ),
     })
 }
@@ -226,6 +246,138 @@ fn register_fork_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     os::register_fork_handlers();
     ONCE.call_once(|| os::at_fork_child(super::forget_after_fork));
+}
+
+/// Whether `p` (checked by [`check_table`]) has the field ending `end` bytes in.
+fn has_field(p: &PatcherV1, end: usize) -> bool {
+    p.size as usize >= end
+}
+
+/// Appends what a copy wrote to the `Vec<u8>` at `ctx`.
+unsafe extern "C" fn sink_to_vec(ctx: *mut libc::c_void, bytes: *const u8, len: usize) {
+    // SAFETY: the caller passes the `Vec<u8>` it gave as context, and `len` readable bytes.
+    unsafe { (*(ctx as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(bytes, len)) }
+}
+
+/// Writes `text` through a sink.
+///
+/// # Safety
+///
+/// `sink` and `ctx` are a pair handed over by a caller of `control` or `serve`.
+unsafe fn write_to(sink: Sink, ctx: *mut libc::c_void, text: &str) {
+    // SAFETY: the caller's guarantee; the text is readable for its length.
+    unsafe { sink(ctx, text.as_ptr(), text.len()) }
+}
+
+unsafe extern "C" fn abi_control(
+    request: *const u8,
+    len: usize,
+    sink: Sink,
+    ctx: *mut libc::c_void,
+) -> i64 {
+    // SAFETY: the caller passes `len` readable bytes.
+    let request = unsafe { std::slice::from_raw_parts(request, len) };
+    // A panic must not cross the C boundary into another copy.
+    let (matched, reply) = std::panic::catch_unwind(|| crate::control::handle_request(request))
+        .unwrap_or_else(|_| (-1, crate::control::error_reply("the request panicked")));
+    // SAFETY: the pair came with the call.
+    unsafe { write_to(sink, ctx, &reply) };
+    matched
+}
+
+unsafe extern "C" fn abi_serve(sink: Sink, ctx: *mut libc::c_void) -> i32 {
+    let result = std::panic::catch_unwind(crate::control::start_serving)
+        .unwrap_or_else(|_| Err("starting the server panicked".into()));
+    let (code, text) = match result {
+        Ok(address) => (0, address),
+        Err(why) => (-1, why),
+    };
+    // SAFETY: the pair came with the call.
+    unsafe { write_to(sink, ctx, &text) };
+    code
+}
+
+/// One copy's answer to a control request.
+#[derive(Debug)]
+pub struct CopyReply {
+    /// Path of the object that holds the copy.
+    pub object: String,
+    /// Items matched, or -1 when the request failed there.
+    pub matched: i64,
+    /// Its JSON reply.
+    pub reply: String,
+}
+
+/// Runs `request` in every copy of textpoke in the process that takes control requests, in
+/// load order, each on its own items. Each copy's object is kept loaded while it runs; an
+/// object unloaded meanwhile is skipped. Takes the loader's lock: never call it under the
+/// patch lock.
+pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
+    let mut out = Vec::new();
+    for found in os::all_rendezvous() {
+        let Some(_held) = os::hold_object_at(found.anchor) else {
+            continue; // unloaded since the scan
+        };
+        let mut reply = Vec::new();
+        let matched = if found.version != RENDEZVOUS_VERSION {
+            -1
+        } else {
+            // SAFETY: the note points at its copy's `PatcherV1`, a static of an object now
+            // held loaded; its header is checked before any function is used.
+            let table = unsafe { &*(found.anchor as *const PatcherV1) };
+            if check_table(table, &found.object).is_err()
+                || !has_field(table, std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>())
+            {
+                -1
+            } else {
+                // SAFETY: the object stays loaded (held), we hold no lock, and the sink
+                // appends to `reply`, which outlives the call.
+                unsafe {
+                    (table.control)(
+                        request.as_ptr(),
+                        request.len(),
+                        sink_to_vec,
+                        &mut reply as *mut Vec<u8> as *mut _,
+                    )
+                }
+            }
+        };
+        let reply = if reply.is_empty() {
+            crate::control::error_reply(&format!(
+                "this copy of textpoke (rendezvous v{}) does not take control requests",
+                found.version
+            ))
+        } else {
+            String::from_utf8_lossy(&reply).into_owned()
+        };
+        out.push(CopyReply {
+            object: found.object,
+            matched,
+            reply,
+        });
+    }
+    out
+}
+
+/// Starts the control server in the process's patcher's copy (whose object is permanent, so
+/// the serving thread never runs unloaded code). Returns the socket's address.
+pub fn serve_in_patcher() -> std::result::Result<String, String> {
+    let owner = owner().map_err(|e| e.to_string())?;
+    if std::ptr::eq(owner, this()) {
+        return crate::control::start_serving();
+    }
+    if !has_field(owner, std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>()) {
+        return Err(format!(
+            "the process's patcher ({}) predates the control server",
+            text(&owner.name)
+        ));
+    }
+    let mut out = Vec::new();
+    // SAFETY: the patcher's object is permanent; the sink appends to `out`, which outlives
+    // the call.
+    let code = unsafe { (owner.serve)(sink_to_vec, &mut out as *mut Vec<u8> as *mut _) };
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if code == 0 { Ok(text) } else { Err(text) }
 }
 
 /// Proof that the caller holds the process's patch lock. Released on drop.

@@ -66,7 +66,7 @@
 //! the same thread.
 
 mod dispatch;
-mod glob;
+pub(crate) mod glob;
 pub(crate) mod table;
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -79,7 +79,7 @@ use crate::{Batch, Error, Result, StaticKey};
 use dispatch::Hooks;
 
 /// Signature stored in every function's state, checked when a table entry names it.
-const FN_MAGIC: u32 = u32::from_le_bytes(*b"tpf1");
+const FN_MAGIC: u32 = u32::from_le_bytes(*b"tpf2");
 
 /// A patchable function's state: its key (whose sites are the function's sites), its name and
 /// what is enabled on it. Made by [`#[patchable]`](crate::patchable) only.
@@ -94,7 +94,18 @@ pub struct FnMeta {
     tracers: AtomicU64,
     /// The installed replacement, if any.
     replacement: AtomicPtr<Interned>,
+    /// Whether it returns `()`, so that it can be made a no-op (its expansion returns at once
+    /// when its replacement target is [`__NOOP`]).
+    unit: bool,
 }
+
+/// The replacement target that makes a function that returns `()` return at once. Not an
+/// address any code has. Used by `#[patchable]` only.
+#[doc(hidden)]
+pub const __NOOP: usize = 1;
+
+/// The code address of a replacement that applies to every instantiation of its function.
+const ALL_CODE: usize = usize::MAX;
 
 impl FnMeta {
     /// Used by `#[patchable]` only.
@@ -104,6 +115,7 @@ impl FnMeta {
         name: &'static str,
         file: &'static str,
         line: u32,
+        unit: bool,
     ) -> Self {
         FnMeta {
             magic: FN_MAGIC,
@@ -113,6 +125,7 @@ impl FnMeta {
             file,
             tracers: AtomicU64::new(0),
             replacement: AtomicPtr::new(std::ptr::null_mut()),
+            unit,
         }
     }
 
@@ -124,7 +137,7 @@ impl FnMeta {
         let r = self.replacement.load(Ordering::Acquire);
         // SAFETY: replacements are interned and never freed.
         let r = unsafe { r.as_ref() }?;
-        (code != 0 && r.code == code).then_some(r.target)
+        (code != 0 && (r.code == code || r.code == ALL_CODE)).then_some(r.target)
     }
 
     /// Whether the site must jump: something is enabled.
@@ -164,6 +177,10 @@ pub struct FunctionInfo {
     pub tracers: usize,
     /// Whether a replacement is installed.
     pub replaced: bool,
+    /// Whether it is a no-op now (see [`replace_noop`]).
+    pub noop: bool,
+    /// Whether it returns `()` (and so can be made a no-op).
+    pub unit: bool,
 }
 
 /// Every patchable function whose path matches `pattern` (`*` for all), sorted by path.
@@ -178,6 +195,10 @@ pub fn list(pattern: &str) -> Result<Vec<FunctionInfo>> {
                 sites: meta.key.sites()?.len(),
                 tracers: meta.tracers.load(Ordering::Acquire).count_ones() as usize,
                 replaced: !meta.replacement.load(Ordering::Acquire).is_null(),
+                // SAFETY: replacements are interned and never freed.
+                noop: unsafe { meta.replacement.load(Ordering::Acquire).as_ref() }
+                    .is_some_and(|r| r.target == __NOOP),
+                unit: meta.unit,
             });
         }
     }
@@ -515,6 +536,47 @@ impl Replacement {
     pub fn disable(&self) -> Result<crate::PatchStats> {
         Batch::new().revert(self).commit()
     }
+}
+
+/// Makes every function whose path matches `pattern` and that returns `()` a no-op, in one
+/// batch (every instantiation; a function whose code cannot be named, with `impl Trait`
+/// arguments, is left alone). Returns the paths made no-ops. Undo with [`revert`].
+pub fn replace_noop(pattern: &str) -> Result<Vec<&'static str>> {
+    let found = noop_replacements(pattern)?;
+    found
+        .iter()
+        .fold(Batch::new(), |b, r| b.replace(r))
+        .commit()?;
+    Ok(found.iter().map(|r| r.meta.name).collect())
+}
+
+/// The no-op replacements of the functions [`replace_noop`] would change, not installed.
+pub(crate) fn noop_replacements(pattern: &str) -> Result<Vec<Replacement>> {
+    Ok(functions()?
+        .functions
+        .iter()
+        .filter(|(m, codes)| m.unit && codes.iter().any(|&c| c != 0))
+        .filter(|(m, _)| glob::matches(pattern, m.name))
+        .map(|(meta, _)| Replacement {
+            meta,
+            interned: intern(Interned {
+                code: ALL_CODE,
+                target: __NOOP,
+            }),
+        })
+        .collect())
+}
+
+/// The keys of every patchable function of this copy's object, sorted: their sites are the
+/// functions', listed as functions rather than keys.
+pub(crate) fn key_addrs(lock: &crate::engine::PatchGuard) -> Result<Vec<usize>> {
+    let mut keys: Vec<usize> = table::fn_index(lock)?
+        .functions
+        .iter()
+        .map(|(m, _)| m.key.core().addr())
+        .collect();
+    keys.sort_unstable();
+    Ok(keys)
 }
 
 /// Reverts every replaced function whose path matches `pattern`, in one batch. Returns how

@@ -1,8 +1,8 @@
 //! The patchable-function table and its lazy index.
 //!
-//! Format `v1`: `textpoke_fn_v1` has one 8-byte entry per copy of a patchable function's site
+//! Format `v2` (`v1` had no `unit` flag in its states): `textpoke_fn_v2` has one 8-byte entry per copy of a patchable function's site
 //! (one per inlined copy, one per generic instantiation), two self-relative 32-bit offsets:
-//! the function's state (`FnMeta`, signature `tpf1`) and the function's own code, or 0 where
+//! the function's state (`FnMeta`, signature `tpf2`) and the function's own code, or 0 where
 //! it cannot be named (`impl Trait` arguments). The site itself is an ordinary static-branch
 //! site of the function's key, in `textpoke_jump_v2`.
 
@@ -12,19 +12,19 @@ use crate::engine::PatchGuard;
 use crate::table::{IndexCell, Table};
 
 /// Name of the section holding patchable-function entries.
-pub const FN_SECTION: &str = "textpoke_fn_v1";
+pub const FN_SECTION: &str = "textpoke_fn_v2";
 /// Bytes per entry.
 pub const FN_ENTRY_SIZE: usize = 8;
 
 core::arch::global_asm!(
-    ".pushsection textpoke_fn_v1,\"aR\",@progbits",
+    ".pushsection textpoke_fn_v2,\"aR\",@progbits",
     ".popsection"
 );
 
 unsafe extern "C" {
-    #[link_name = "__start_textpoke_fn_v1"]
+    #[link_name = "__start_textpoke_fn_v2"]
     static FN_START: [u8; 0];
-    #[link_name = "__stop_textpoke_fn_v1"]
+    #[link_name = "__stop_textpoke_fn_v2"]
     static FN_STOP: [u8; 0];
 }
 

@@ -23,7 +23,10 @@ pub(crate) struct ImmCore {
     magic: u32,
     /// Bytes of the immediate at every site: 4 (`mov r32, imm32`) or 8 (`movabs r64, imm64`).
     width: u8,
-    _reserved: [u8; 3],
+    /// The value's type, for tools that show or parse it: [`ImmValue::__KIND`] and its size
+    /// in bytes (zero in immediates built before they were recorded), then a reserved zero.
+    kind: [u8; 2],
+    _reserved: u8,
     /// The value every site is built with: the value's bytes, zero-extended.
     initial: u64,
     /// Where the immediate was declared (its `Immediate::new`).
@@ -127,12 +130,31 @@ pub trait ImmValue: Copy + Send + Sync + 'static + sealed::Sealed {
     /// The value in a site's register: the low bytes are the value's.
     #[doc(hidden)]
     fn __from_bits(bits: u64) -> Self;
+    /// How the value's bits read: recorded in the immediate for tools.
+    #[doc(hidden)]
+    const __KIND: ImmKind;
+}
+
+/// How an immediate's bits read as a value.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ImmKind {
+    /// Recorded by no version: read as unsigned.
+    Unknown = 0,
+    /// An unsigned integer.
+    Unsigned = 1,
+    /// A signed integer (two's complement).
+    Signed = 2,
+    /// `bool`.
+    Bool = 3,
 }
 
 macro_rules! imm_values {
-    ($($t:ty),*) => {$(
+    ($kind:ident: $($t:ty),*) => {$(
         impl sealed::Sealed for $t {}
         impl ImmValue for $t {
+            const __KIND: ImmKind = ImmKind::$kind;
             #[inline(always)]
             fn __from_bits(bits: u64) -> Self {
                 // Truncation: the register holds the value's bytes, zero-extended.
@@ -141,10 +163,12 @@ macro_rules! imm_values {
         }
     )*};
 }
-imm_values!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+imm_values!(Unsigned: u8, u16, u32, u64, usize);
+imm_values!(Signed: i8, i16, i32, i64, isize);
 
 impl sealed::Sealed for bool {}
 impl ImmValue for bool {
+    const __KIND: ImmKind = ImmKind::Bool;
     #[inline(always)]
     fn __from_bits(bits: u64) -> Self {
         bits != 0
@@ -208,7 +232,8 @@ impl<T: ImmValue> Immediate<T> {
             core: ImmCore {
                 magic: IMM_MAGIC,
                 width: if size_of::<T>() > 4 { 8 } else { 4 },
-                _reserved: [0; 3],
+                kind: [T::__KIND as u8, size_of::<T>() as u8],
+                _reserved: 0,
                 initial: bits_of(value),
                 declared: std::panic::Location::caller(),
             },
@@ -323,6 +348,56 @@ fn poke(site: &ImmSite, from: u64, to: u64) -> Result<Poke> {
         })
     };
     Poke::between(site.addr, from, to, code, |value| insn(site, value))
+}
+
+/// One immediate of this copy's object, as the registry lists it.
+pub(crate) struct ImmRow {
+    pub(crate) core: &'static ImmCore,
+    pub(crate) sites: usize,
+}
+
+impl ImmRow {
+    pub(crate) fn declared(&self) -> &'static std::panic::Location<'static> {
+        self.core.declared
+    }
+
+    /// Its type and size in bytes, as recorded (size 0: not recorded).
+    pub(crate) fn kind(&self) -> (ImmKind, usize) {
+        let kind = match self.core.kind[0] {
+            1 => ImmKind::Unsigned,
+            2 => ImmKind::Signed,
+            3 => ImmKind::Bool,
+            _ => ImmKind::Unknown,
+        };
+        (kind, usize::from(self.core.kind[1]))
+    }
+
+    /// The value's bits now.
+    pub(crate) fn bits(&self) -> u64 {
+        self.core.current()
+    }
+
+    /// Bytes of the immediate at every site: 4 or 8.
+    pub(crate) fn width(&self) -> usize {
+        usize::from(self.core.width)
+    }
+}
+
+/// Every immediate with sites in this copy's object, in address order.
+pub(crate) fn rows(lock: &PatchGuard) -> Result<Vec<ImmRow>> {
+    let mut out: Vec<ImmRow> = Vec::new();
+    for site in imm_index(lock)?.all() {
+        match out.last_mut() {
+            Some(row) if row.core.addr() == site.imm => row.sites += 1,
+            // SAFETY: validation checked that every entry's immediate is an `ImmCore` of this
+            // copy of textpoke (its signature) in the object's data, and immediates are statics.
+            _ => out.push(ImmRow {
+                core: unsafe { &*(site.imm as *const ImmCore) },
+                sites: 1,
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// The immediate whose site is at `addr`, if the index is built and has one (an error path

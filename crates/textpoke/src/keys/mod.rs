@@ -275,6 +275,49 @@ pub(crate) fn item_at(_lock: &PatchGuard, addr: usize) -> Option<Item> {
     Some(core.item())
 }
 
+/// One key of this copy's object, as the registry lists it.
+pub(crate) struct KeyRow {
+    pub(crate) core: &'static KeyCore,
+    pub(crate) sites: usize,
+    /// Sites compiled with `static_branch_likely!`.
+    pub(crate) likely: usize,
+}
+
+impl KeyRow {
+    pub(crate) fn count(&self) -> i32 {
+        self.core.count.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn declared(&self) -> &'static std::panic::Location<'static> {
+        self.core.declared
+    }
+}
+
+/// Every key with sites in this copy's object but those in `skip` (sorted addresses), in
+/// address order.
+pub(crate) fn rows(lock: &PatchGuard, skip: &[usize]) -> Result<Vec<KeyRow>> {
+    let mut out: Vec<KeyRow> = Vec::new();
+    for site in jump_index(lock)?.all() {
+        if skip.binary_search(&site.key).is_ok() {
+            continue;
+        }
+        match out.last_mut() {
+            Some(row) if row.core.addr() == site.key => {
+                row.sites += 1;
+                row.likely += usize::from(site.likely);
+            }
+            _ => out.push(KeyRow {
+                // SAFETY: validation checked that every entry's key is a `KeyCore` of this
+                // copy of textpoke (its signature) in the object's data, and keys are statics.
+                core: unsafe { &*(site.key as *const KeyCore) },
+                sites: 1,
+                likely: usize::from(site.likely),
+            }),
+        }
+    }
+    Ok(out)
+}
+
 /// Key changes planned in one batch. Planning zeroes the count of every key being disabled
 /// (so a concurrent `inc` waits for the lock instead of counting up a key on its way down);
 /// `commit` records the enabled ones, `abort` restores the counts.

@@ -209,7 +209,7 @@ macro_rules! __arch_alternative_fits {
 }
 
 /// Records a patchable function's state `$meta`, and its code `$code` where it can be named,
-/// in `textpoke_fn_v1` (see `functions::table`). Emits no instruction. Used by
+/// in `textpoke_fn_v2` (see `functions::table`). Emits no instruction. Used by
 /// `#[patchable]` only.
 #[doc(hidden)]
 #[macro_export]
@@ -218,7 +218,7 @@ macro_rules! __patchable_record {
         // SAFETY: the asm only emits a table entry in a non-executable section.
         unsafe {
             ::core::arch::asm!(
-                ".pushsection textpoke_fn_v1,\"aR\",@progbits",
+                ".pushsection textpoke_fn_v2,\"aR\",@progbits",
                 ".balign 4",
                 ".long {meta} - .",
                 ".long 0",
@@ -232,7 +232,7 @@ macro_rules! __patchable_record {
         // SAFETY: the asm only emits a table entry in a non-executable section.
         unsafe {
             ::core::arch::asm!(
-                ".pushsection textpoke_fn_v1,\"aR\",@progbits",
+                ".pushsection textpoke_fn_v2,\"aR\",@progbits",
                 ".balign 4",
                 ".long {meta} - .",
                 ".long {code} - .",

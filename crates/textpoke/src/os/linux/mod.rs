@@ -9,6 +9,7 @@ mod objects;
 mod rendezvous;
 mod settle;
 mod signal;
+mod socket;
 mod symbols;
 mod sync;
 mod threads;
@@ -19,8 +20,15 @@ pub use mem::write_code;
 pub use near::{NearCode, alloc_near, chunk_count, free_near, is_near_code, write_near};
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub(crate) use rendezvous::rendezvous_note;
-pub use rendezvous::{ObjectRef, first_rendezvous, hold_object_of, pin_object_of};
+pub use rendezvous::{
+    ObjectRef, all_rendezvous, first_rendezvous, hold_object_at, hold_object_of,
+    in_main_program, pin_object_of,
+};
 pub use settle::{Move, Settled, settle_signal, settle_threads};
+pub use socket::{
+    bind_control_socket, block_program_signals, connect_control_socket, control_socket_name,
+    may_control, peer_uid,
+};
 pub use signal::{
     ensure_trap_handler, in_trap_handler, set_trap_delay, trap_handler_entry, trap_timing_point,
 };

@@ -53,9 +53,20 @@ pub struct Rendezvous {
 
 /// Finds the first textpoke note of any loaded object.
 pub fn first_rendezvous() -> Option<Rendezvous> {
+    scan_notes(true).pop()
+}
+
+/// Every loaded object's textpoke note, in load order: one per copy of textpoke in the
+/// process (the executable's first, then plugins as they were loaded).
+pub fn all_rendezvous() -> Vec<Rendezvous> {
+    scan_notes(false)
+}
+
+fn scan_notes(first_only: bool) -> Vec<Rendezvous> {
     struct Scan {
         index: usize,
-        found: Option<Rendezvous>,
+        first_only: bool,
+        found: Vec<Rendezvous>,
     }
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
@@ -86,20 +97,21 @@ pub fn first_rendezvous() -> Option<Rendezvous> {
                         .to_string_lossy()
                         .into_owned()
                 };
-                scan.found = Some(Rendezvous {
+                scan.found.push(Rendezvous {
                     object,
                     main,
                     version,
                     anchor,
                 });
-                return 1;
+                return scan.first_only as libc::c_int;
             }
         }
         0
     }
     let mut scan = Scan {
         index: 0,
-        found: None,
+        first_only,
+        found: Vec::new(),
     };
     // SAFETY: the callback matches the expected signature and only uses `data` as the `Scan`.
     unsafe { libc::dl_iterate_phdr(Some(each), &mut scan as *mut Scan as *mut _) };
@@ -194,6 +206,16 @@ fn dl_object_of(addr: usize) -> Option<(String, usize)> {
         .to_string_lossy()
         .into_owned();
     Some((name, info.dli_fbase as usize))
+}
+
+/// Keeps the object holding `addr` loaded while the result lives: `Some(None)` for the main
+/// program (never unloaded), `None` when no object holds it any more or it is going away.
+/// Takes the loader's lock: never call it under the patch lock.
+pub fn hold_object_at(addr: usize) -> Option<Option<ObjectRef>> {
+    if in_main_program(addr) {
+        return Some(None);
+    }
+    open_object_of(addr, 0).map(Some)
 }
 
 /// Whether `addr` lies in a segment of the main program.
