@@ -96,11 +96,9 @@ fn apply(specs: &[(&str, Spec<'_>)], main: bool, object: &str) {
                         }
                         _ => continue,
                     };
+                    n += 1;
                     match bits {
-                        Ok(bits) => {
-                            sets.push((row, bits));
-                            n += 1;
-                        }
+                        Ok(bits) => sets.push((row, bits)),
                         Err(why) => say(object, &format!("{}: {why}", row.entry.name)),
                     }
                 }

@@ -333,7 +333,7 @@ pub(crate) fn parse_value(
     kind: ImmKind,
     size: usize,
 ) -> std::result::Result<u64, String> {
-    let bad = || format!("`{text}` is not a {}", type_name(kind, size));
+    let bad = || format!("`{text}` is not a valid {}", type_name(kind, size));
     if kind == ImmKind::Bool {
         return match text {
             "true" | "on" | "1" => Ok(1),
@@ -355,7 +355,7 @@ pub(crate) fn parse_value(
         (ImmKind::Signed, true) => {
             let min = 1u128 << (bits - 1);
             if u128::from(magnitude) > min {
-                return Err(format!("{text} does not fit a {}", type_name(kind, size)));
+                return Err(format!("{text} does not fit in {}", type_name(kind, size)));
             }
             Ok(truncate(magnitude.wrapping_neg(), size))
         }
@@ -364,10 +364,10 @@ pub(crate) fn parse_value(
             type_name(kind, size)
         )),
         (ImmKind::Signed, false) if u128::from(magnitude) >= 1u128 << (bits - 1) => {
-            Err(format!("{text} does not fit a {}", type_name(kind, size)))
+            Err(format!("{text} does not fit in {}", type_name(kind, size)))
         }
         (_, false) if bits < 64 && magnitude >> bits != 0 => {
-            Err(format!("{text} does not fit a {}", type_name(kind, size)))
+            Err(format!("{text} does not fit in {}", type_name(kind, size)))
         }
         _ => Ok(magnitude),
     }

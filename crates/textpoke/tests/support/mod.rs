@@ -90,28 +90,7 @@ pub fn install_sigtrap(
 /// with `--exact name`), so that one crash cannot hide another and no earlier test's state
 /// leaks in; `body` runs only there. Fails with the child's output if it fails or dies.
 pub fn fresh(name: &str, body: impl FnOnce()) {
-    const VAR: &str = "TEXTPOKE_FRESH_CHILD";
-    if std::env::var_os(VAR).is_some_and(|v| v == name) {
-        body();
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(VAR, name)
-        .output()
-        .expect("run the test binary again");
-    assert!(
-        out.status.success(),
-        "{name} in a fresh process: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("1 passed"),
-        "{name} did not run in the fresh process:\n{stdout}"
-    );
+    fresh_env(name, &[], body);
 }
 
 /// Runs `rounds` times [`fresh`] for test `name`; the rounds run in the parent only (a fresh
@@ -241,4 +220,33 @@ pub fn rss_kib() -> usize {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
+}
+
+/// As [`fresh`], with `env` set in the fresh process (it is there from its first
+/// instruction: for what textpoke reads at load); returns the child's standard error (`None`
+/// in the child, after `body`).
+pub fn fresh_env(name: &str, env: &[(&str, &str)], body: impl FnOnce()) -> Option<String> {
+    const VAR: &str = "TEXTPOKE_FRESH_CHILD";
+    if std::env::var_os(VAR).is_some_and(|v| v == name) {
+        body();
+        return None;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(VAR, name)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the test binary again");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} in a fresh process: {}\n--- stdout\n{}\n--- stderr\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{name} did not run in the fresh process"
+    );
+    Some(stderr)
 }
