@@ -43,6 +43,12 @@
 //! - **Immediate values**: [`Immediate`] and [`imm!`]: constants compiled into the code as the
 //!   immediate of a `mov` at every read site, rewritten live by [`Immediate::set`] or in a
 //!   [`Batch`] ([`Batch::set`]). Example: `examples/immediates.rs`.
+//! - **Detours**: [`Detour`] redirects any function, patchable or not, to a replacement of its
+//!   type, moving threads out of the bytes it overwrites.
+//! - **Control by name**: [`control`] lists everything textpoke controls in every loaded object
+//!   and changes it by name: at start-up from the `TEXTPOKE` environment variable, and from
+//!   outside the process with `textpoke ctl PID ...` once the program calls
+//!   [`control::serve`] (or runs with `TEXTPOKE_CONTROL=1`).
 //! - **Errors**: every refusal is an [`Error`] naming the site, key, table or system call. A
 //!   site is shown with the function it is in, and with the key or static call it belongs to
 //!   ([`Location::item`], an [`Item`]: its Rust path and where it was declared).

@@ -16,6 +16,10 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, env: &[(&str, &str)]) -> String {
+    run_args(name, &[], env)
+}
+
+fn run_args(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let path = example(name);
     assert!(
         path.exists(),
@@ -23,6 +27,7 @@ fn run(name: &str, env: &[(&str, &str)]) -> String {
         path.display()
     );
     let out = Command::new(&path)
+        .args(args)
         .envs(env.iter().copied())
         .output()
         .expect("run the example");
@@ -67,4 +72,21 @@ fn functions_example() {
 fn immediates_example() {
     let out = run("immediates", &[]);
     assert!(out.contains("SAMPLE_SHIFT = 10 (3 read sites)"), "{out}");
+}
+
+#[test]
+fn control_example_takes_named_changes_at_start_up() {
+    let quiet = run_args("control", &["0.05"], &[]);
+    assert!(quiet.contains("serves textpoke ctl on"), "{quiet}");
+    assert!(!quiet.contains("request 0") && !quiet.contains("audited 0,"), "{quiet}");
+    let out = run_args(
+        "control",
+        &["0.05"],
+        &[(
+            "TEXTPOKE",
+            "control::VERBOSE=on,control::SAMPLE_EVERY=1,noop=control::audit",
+        )],
+    );
+    assert!(out.contains("request 0\nrequest 1\n"), "{out}");
+    assert!(out.contains("audited 0,"), "{out}");
 }

@@ -319,8 +319,10 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
             continue; // unloaded since the scan
         };
         let mut reply = Vec::new();
+        // A copy too old to take requests matched nothing, and its reply says why; it is not
+        // a failure of the request.
         let matched = if found.version != RENDEZVOUS_VERSION {
-            -1
+            0
         } else {
             // SAFETY: the note points at its copy's `PatcherV1`, a static of an object now
             // held loaded; its header is checked before any function is used.
@@ -328,7 +330,7 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
             if check_table(table, &found.object).is_err()
                 || !has_field(table, std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>())
             {
-                -1
+                0
             } else {
                 // SAFETY: the object stays loaded (held), we hold no lock, and the sink
                 // appends to `reply`, which outlives the call.
