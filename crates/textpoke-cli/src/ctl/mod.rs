@@ -47,8 +47,52 @@ pub enum CtlError {
     Usage(String),
 }
 
+impl Options {
+    /// Takes the flags out of the request's words, where the command line put them: the
+    /// request takes values that start with `-` (`set X -5`), so everything after the process
+    /// reaches it, `--json` included.
+    fn with_flags_taken(&self) -> Result<Options, CtlError> {
+        let mut out = Options {
+            process: self.process.clone(),
+            command: Vec::new(),
+            json: self.json,
+            seconds: self.seconds,
+            timeout: self.timeout,
+        };
+        let mut words = self.command.iter();
+        while let Some(w) = words.next() {
+            let (flag, inline) = match w.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+                _ => (w.as_str(), None),
+            };
+            let mut number = |name: &str| -> Result<f64, CtlError> {
+                inline
+                    .clone()
+                    .or_else(|| words.next().cloned())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| CtlError::Usage(format!("{name} takes a number of seconds")))
+            };
+            match flag {
+                "--json" => out.json = true,
+                "--seconds" => out.seconds = number("--seconds")?,
+                "--timeout" => out.timeout = number("--timeout")?,
+                _ => out.command.push(w.clone()),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Runs `textpoke ctl`.
 pub fn run(options: &Options) -> ExitCode {
+    let options = match options.with_flags_taken() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("textpoke ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = &options;
     match run_checked(options) {
         Ok(reply) => {
             let ok = reply.get("ok").and_then(Value::as_bool) == Some(true);
