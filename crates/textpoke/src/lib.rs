@@ -228,8 +228,14 @@ static ON_UNLOAD: extern "C" fn() = on_unload;
 
 /// Runs when this copy's object is loaded (an `.init_array` entry: before `main` for the
 /// executable's copy, in `dlopen` for a plugin's): applies `TEXTPOKE` and starts the control
-/// server if `TEXTPOKE_CONTROL=1`. Does nothing, and touches no table, when neither is set.
+/// server if `TEXTPOKE_CONTROL=1`, after telling the engine what answers control requests
+/// (the engine knows no capability). Touches no table when neither variable is set.
 extern "C" fn on_load() {
+    engine::set_control(engine::ControlFns {
+        request: control::handle_request,
+        error_reply: control::error_reply,
+        serve: control::start_serving,
+    });
     // A panic must not unwind out of the loader, nor abort the program before `main`.
     let _ = std::panic::catch_unwind(control::apply_at_load);
 }

@@ -269,6 +269,25 @@ unsafe fn write_to(sink: Sink, ctx: *mut libc::c_void, text: &str) {
     unsafe { sink(ctx, text.as_ptr(), text.len()) }
 }
 
+/// What this copy answers control requests with: set at load by the crate root (the engine
+/// knows nothing of what the requests mean).
+#[derive(Clone, Copy)]
+pub struct ControlFns {
+    /// Runs a request on this copy's items: (items matched or -1, this copy's JSON reply).
+    pub request: fn(&[u8]) -> (i64, String),
+    /// A reply of this copy's that says only why it failed.
+    pub error_reply: fn(&str) -> String,
+    /// Starts serving in this copy; the socket's name, or why not.
+    pub serve: fn() -> std::result::Result<String, String>,
+}
+
+static CONTROL: std::sync::OnceLock<ControlFns> = std::sync::OnceLock::new();
+
+/// Sets what this copy answers control requests with (once; later calls change nothing).
+pub fn set_control(fns: ControlFns) {
+    let _ = CONTROL.set(fns);
+}
+
 unsafe extern "C" fn abi_control(
     request: *const u8,
     len: usize,
@@ -277,24 +296,33 @@ unsafe extern "C" fn abi_control(
 ) -> i64 {
     // SAFETY: the caller passes `len` readable bytes.
     let request = unsafe { std::slice::from_raw_parts(request, len) };
-    // A panic must not cross the C boundary into another copy.
-    let (matched, reply) = std::panic::catch_unwind(|| crate::control::handle_request(request))
-        .unwrap_or_else(|_| (-1, crate::control::error_reply("the request panicked")));
+    let (matched, reply) = match CONTROL.get() {
+        // A panic must not cross the C boundary into another copy.
+        Some(c) => std::panic::catch_unwind(|| (c.request)(request))
+            .unwrap_or_else(|_| (-1, (c.error_reply)("the request panicked"))),
+        None => (0, String::new()),
+    };
     // SAFETY: the pair came with the call.
     unsafe { write_to(sink, ctx, &reply) };
     matched
 }
 
 unsafe extern "C" fn abi_serve(sink: Sink, ctx: *mut libc::c_void) -> i32 {
-    let result = std::panic::catch_unwind(crate::control::start_serving)
-        .unwrap_or_else(|_| Err("starting the server panicked".into()));
-    let (code, text) = match result {
-        Ok(address) => (0, address),
+    let (code, text) = match serve_here() {
+        Ok(name) => (0, name),
         Err(why) => (-1, why),
     };
     // SAFETY: the pair came with the call.
     unsafe { write_to(sink, ctx, &text) };
     code
+}
+
+fn serve_here() -> std::result::Result<String, String> {
+    let serve = CONTROL
+        .get()
+        .ok_or("this copy of textpoke has not finished loading")?
+        .serve;
+    std::panic::catch_unwind(serve).unwrap_or_else(|_| Err("starting the server panicked".into()))
 }
 
 /// One copy's answer to a control request.
@@ -345,10 +373,12 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
             }
         };
         let reply = if reply.is_empty() {
-            crate::control::error_reply(&format!(
-                "this copy of textpoke (rendezvous v{}) does not take control requests",
+            let why = format!(
+                "this copy of textpoke (rendezvous v{}) does not take control requests, or has \
+                 not finished loading",
                 found.version
-            ))
+            );
+            CONTROL.get().map_or_else(|| why.clone(), |c| (c.error_reply)(&why))
         } else {
             String::from_utf8_lossy(&reply).into_owned()
         };
@@ -366,7 +396,7 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
 pub fn serve_in_patcher() -> std::result::Result<String, String> {
     let owner = owner().map_err(|e| e.to_string())?;
     if std::ptr::eq(owner, this()) {
-        return crate::control::start_serving();
+        return serve_here();
     }
     if !has_field(owner, std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>()) {
         return Err(format!(
