@@ -36,7 +36,7 @@ fn audit(id: u64) {
 #[textpoke::patchable]
 #[inline(never)]
 fn handle(id: u64) -> u64 {
-    if static_branch_unlikely!(VERBOSE) && id % u64::from(imm!(SAMPLE_EVERY).max(1)) == 0 {
+    if static_branch_unlikely!(VERBOSE) && id.is_multiple_of(u64::from(imm!(SAMPLE_EVERY).max(1))) {
         println!("request {id}");
     }
     audit(id);

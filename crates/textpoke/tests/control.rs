@@ -95,16 +95,25 @@ fn the_registry_lists_keys_calls_functions_and_immediates_with_their_state() {
             let a = find("control::ALPHA").unwrap_or_else(|| panic!("{all:#?}"));
             assert_eq!((a.kind, a.state.as_str(), a.sites), (Kind::Key, "off", 1));
             assert!(a.declared.as_deref().unwrap().contains("tests/control.rs"));
-            assert!(a.object.ends_with(&*std::env::current_exe().unwrap().to_string_lossy()));
+            assert!(
+                a.object
+                    .ends_with(&*std::env::current_exe().unwrap().to_string_lossy())
+            );
             assert_eq!(find("control::BETA").unwrap().state, "on");
             let l = find("control::LIMIT").unwrap();
             assert_eq!((l.kind, l.state.as_str()), (Kind::Immediate, "-5"));
             let n = find("control::noisy").unwrap();
             assert_eq!((n.kind, n.state.as_str()), (Kind::Function, "off"));
             let h = all.iter().find(|e| e.kind == Kind::StaticCall).unwrap();
-            assert!(h.name.ends_with("HOOK") && h.state.contains("double"), "{h:?}");
+            assert!(
+                h.name.ends_with("HOOK") && h.state.contains("double"),
+                "{h:?}"
+            );
             // Patchable functions' own keys are functions, not anonymous keys.
-            assert!(all.iter().all(|e| !e.name.contains("__TEXTPOKE_KEY")), "{all:#?}");
+            assert!(
+                all.iter().all(|e| !e.name.contains("__TEXTPOKE_KEY")),
+                "{all:#?}"
+            );
             assert_eq!(control::list("control::B*").unwrap().len(), 1);
 
             let v = ok(&control::request("list control::*"));
@@ -157,16 +166,29 @@ fn trace_profile_noop_and_revert_by_name() {
         }
         let listed = ok(&control::request("list control::traced_add"));
         let f = item(&items(&listed), "control::traced_add").clone();
-        assert_eq!((f["state"].as_str(), f["calls"].as_i64()), (Some("traced"), Some(5)));
-        assert_eq!(ok(&control::request("untrace control::traced_*"))["matched"], 1);
-        assert_eq!(control::list("control::traced_add").unwrap()[0].state, "off");
+        assert_eq!(
+            (f["state"].as_str(), f["calls"].as_i64()),
+            (Some("traced"), Some(5))
+        );
+        assert_eq!(
+            ok(&control::request("untrace control::traced_*"))["matched"],
+            1
+        );
+        assert_eq!(
+            control::list("control::traced_add").unwrap()[0].state,
+            "off"
+        );
 
         ok(&control::request("profile-start control::*"));
         traced_add(1);
         noisy();
         let v = ok(&control::request("profile-stop control::*"));
         let rows = v["copies"][0]["profile"].as_array().unwrap().clone();
-        assert!(rows.iter().any(|r| r["name"] == "control::noisy" && r["calls"] == 1), "{rows:?}");
+        assert!(
+            rows.iter()
+                .any(|r| r["name"] == "control::noisy" && r["calls"] == 1),
+            "{rows:?}"
+        );
 
         let before = CALLS.load(Ordering::Relaxed);
         noisy();
@@ -175,7 +197,11 @@ fn trace_profile_noop_and_revert_by_name() {
         // Only the function that returns `()` can be a no-op.
         assert_eq!(v["matched"], 1, "{v}");
         noisy();
-        assert_eq!(CALLS.load(Ordering::Relaxed), before + 1, "a no-op ran its body");
+        assert_eq!(
+            CALLS.load(Ordering::Relaxed),
+            before + 1,
+            "a no-op ran its body"
+        );
         assert_eq!(traced_add(1), 2);
         assert_eq!(control::list("control::noisy").unwrap()[0].state, "no-op");
         assert_eq!(ok(&control::request("revert control::noisy"))["matched"], 1);
@@ -188,38 +214,47 @@ fn trace_profile_noop_and_revert_by_name() {
 
 #[test]
 fn plugins_are_listed_and_changed_under_their_own_names() {
-    fresh("plugins_are_listed_and_changed_under_their_own_names", || {
-        let plugins = [Plugin::load(0).unwrap(), Plugin::load(1).unwrap()];
-        let v = ok(&control::request("list textpoke_plugin::k*"));
-        let copies = v["copies"].as_array().unwrap();
-        for p in &plugins {
-            let path = p.path().display().to_string();
-            let copy = copies
-                .iter()
-                .find(|c| c["object"] == path)
-                .unwrap_or_else(|| panic!("{path} not in {v}"));
-            let names: Vec<&str> = copy["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["name"].as_str().unwrap())
-                .collect();
-            assert!(names.contains(&"textpoke_plugin::k1::KEY"), "{names:?}");
-            assert!(copy["items"].as_array().unwrap().iter().all(|i| i["object"] == path));
-        }
-        let v = ok(&control::request("enable textpoke_plugin::k1::KEY"));
-        assert_eq!(v["matched"], 2);
-        for p in &plugins {
-            assert_eq!(p.run(1), 8);
-            assert_eq!(p.run(2), 0);
-        }
-        ok(&control::request("set textpoke_plugin::IMM 42"));
-        assert!(plugins.iter().all(|p| p.imm() == 42));
-        // A copy that fails says so under its object's name; the others' changes stand.
-        let why = refused(&control::request("set textpoke_plugin::IMM -1"));
-        assert!(why.contains("negative"), "{why}");
-        assert!(plugins.iter().all(|p| p.imm() == 42));
-    });
+    fresh(
+        "plugins_are_listed_and_changed_under_their_own_names",
+        || {
+            let plugins = [Plugin::load(0).unwrap(), Plugin::load(1).unwrap()];
+            let v = ok(&control::request("list textpoke_plugin::k*"));
+            let copies = v["copies"].as_array().unwrap();
+            for p in &plugins {
+                let path = p.path().display().to_string();
+                let copy = copies
+                    .iter()
+                    .find(|c| c["object"] == path)
+                    .unwrap_or_else(|| panic!("{path} not in {v}"));
+                let names: Vec<&str> = copy["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["name"].as_str().unwrap())
+                    .collect();
+                assert!(names.contains(&"textpoke_plugin::k1::KEY"), "{names:?}");
+                assert!(
+                    copy["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|i| i["object"] == path)
+                );
+            }
+            let v = ok(&control::request("enable textpoke_plugin::k1::KEY"));
+            assert_eq!(v["matched"], 2);
+            for p in &plugins {
+                assert_eq!(p.run(1), 8);
+                assert_eq!(p.run(2), 0);
+            }
+            ok(&control::request("set textpoke_plugin::IMM 42"));
+            assert!(plugins.iter().all(|p| p.imm() == 42));
+            // A copy that fails says so under its object's name; the others' changes stand.
+            let why = refused(&control::request("set textpoke_plugin::IMM -1"));
+            assert!(why.contains("negative"), "{why}");
+            assert!(plugins.iter().all(|p| p.imm() == 42));
+        },
+    );
 }
 
 #[test]
@@ -268,7 +303,10 @@ fn textpoke_applies_named_changes_at_load() {
         },
     );
     if let Some(stderr) = stderr {
-        assert!(!stderr.contains("TEXTPOKE"), "good entries complain: {stderr}");
+        assert!(
+            !stderr.contains("TEXTPOKE"),
+            "good entries complain: {stderr}"
+        );
     }
 }
 
@@ -289,7 +327,10 @@ fn bad_textpoke_entries_print_one_line_each_and_the_program_runs_on() {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("TEXTPOKE")).collect();
     assert_eq!(lines.len(), 5, "{stderr}");
     for needle in ["lots", "`=x`", "nothing::here", "perhaps", "`a b`"] {
-        assert!(lines.iter().any(|l| l.contains(needle)), "{needle}: {stderr}");
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{needle}: {stderr}"
+        );
     }
 }
 
@@ -315,7 +356,11 @@ fn socket_checks() {
     // Garbage: not UTF-8, an unknown verb, no newline (end of stream), an over-long line.
     let v = over_socket(&[0xff, 0xfe, b'\n']);
     assert!(v["errors"].to_string().contains("UTF-8"), "{v}");
-    assert!(over_socket(b"\x01\x02 zap\n")["errors"].to_string().contains("unknown verb"));
+    assert!(
+        over_socket(b"\x01\x02 zap\n")["errors"]
+            .to_string()
+            .contains("unknown verb")
+    );
     let (mut s, _) = control::connect(std::process::id()).unwrap();
     s.write_all(b"list control::ALPHA").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -365,7 +410,10 @@ fn the_socket_serves_from_the_runtime_dir_for_its_owner_only() {
         || {
             use std::os::unix::fs::PermissionsExt;
             let name = control::serve().unwrap();
-            assert!(name.starts_with(&std::env::var("XDG_RUNTIME_DIR").unwrap()), "{name}");
+            assert!(
+                name.starts_with(&std::env::var("XDG_RUNTIME_DIR").unwrap()),
+                "{name}"
+            );
             let mode = std::fs::metadata(&name).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
             socket_checks();
@@ -376,34 +424,42 @@ fn the_socket_serves_from_the_runtime_dir_for_its_owner_only() {
 
 #[test]
 fn another_user_is_refused() {
-    fresh_env("another_user_is_refused", &[("XDG_RUNTIME_DIR", "")], || {
-        // SAFETY: `geteuid` has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            // Only root can become another user to knock; CI runs as root.
-            eprintln!("not root: cannot switch to another uid to test the refusal");
-            return;
-        }
-        control::serve().unwrap();
-        let pid = std::process::id();
-        let status = in_child(|| {
-            // SAFETY: dropping privileges in this single-purpose child.
-            if unsafe { libc::setgid(65534) } != 0 || unsafe { libc::setuid(65534) } != 0 {
-                return 3;
+    fresh_env(
+        "another_user_is_refused",
+        &[("XDG_RUNTIME_DIR", "")],
+        || {
+            // SAFETY: `geteuid` has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                // Only root can become another user to knock; CI runs as root.
+                eprintln!("not root: cannot switch to another uid to test the refusal");
+                return;
             }
-            let Ok((mut s, _)) = control::connect(pid) else {
-                return 4;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-            let _ = s.write_all(b"enable control::ALPHA\n");
-            let mut reply = String::new();
-            let _ = s.read_to_string(&mut reply);
-            if reply.contains("refused: uid 65534") { 0 } else { 5 }
-        });
-        assert_eq!(status, 0);
-        assert!(!alpha(), "a refused client changed a key");
-        // The server still serves its own user.
-        assert_eq!(over_socket(b"list control::ALPHA\n")["ok"], true);
-    });
+            control::serve().unwrap();
+            let pid = std::process::id();
+            let status = in_child(|| {
+                // SAFETY: dropping privileges in this single-purpose child.
+                if unsafe { libc::setgid(65534) } != 0 || unsafe { libc::setuid(65534) } != 0 {
+                    return 3;
+                }
+                let Ok((mut s, _)) = control::connect(pid) else {
+                    return 4;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let _ = s.write_all(b"enable control::ALPHA\n");
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if reply.contains("refused: uid 65534") {
+                    0
+                } else {
+                    5
+                }
+            });
+            assert_eq!(status, 0);
+            assert!(!alpha(), "a refused client changed a key");
+            // The server still serves its own user.
+            assert_eq!(over_socket(b"list control::ALPHA\n")["ok"], true);
+        },
+    );
 }
 
 #[test]
@@ -424,7 +480,11 @@ fn a_forked_child_serves_under_its_own_id() {
                 let _ = s.write_all(b"enable control::ALPHA\n");
                 let mut reply = String::new();
                 let _ = BufReader::new(&s).read_line(&mut reply);
-                if reply.contains("\"ok\":true") && alpha() { 0 } else { 5 }
+                if reply.contains("\"ok\":true") && alpha() {
+                    0
+                } else {
+                    5
+                }
             });
             assert_eq!(status, 0);
             assert!(!alpha(), "the child's change reached the parent");

@@ -78,7 +78,10 @@ fn immediates_example() {
 fn control_example_takes_named_changes_at_start_up() {
     let quiet = run_args("control", &["0.05"], &[]);
     assert!(quiet.contains("serves textpoke ctl on"), "{quiet}");
-    assert!(!quiet.contains("request 0") && !quiet.contains("audited 0,"), "{quiet}");
+    assert!(
+        !quiet.contains("request 0") && !quiet.contains("audited 0,"),
+        "{quiet}"
+    );
     let out = run_args(
         "control",
         &["0.05"],

@@ -341,12 +341,19 @@ fn commit_and_relist(
 
 /// The current rows of the entries in `rows`.
 fn relist(rows: Vec<Row>, kinds: &[Kind]) -> std::result::Result<Outcome, String> {
-    let names: Vec<(Kind, String)> = rows.into_iter().map(|r| (r.entry.kind, r.entry.name)).collect();
+    let names: Vec<(Kind, String)> = rows
+        .into_iter()
+        .map(|r| (r.entry.kind, r.entry.name))
+        .collect();
     let now: Vec<Row> = self::rows()
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|r| kinds.contains(&r.entry.kind))
-        .filter(|r| names.iter().any(|(k, n)| *k == r.entry.kind && *n == r.entry.name))
+        .filter(|r| {
+            names
+                .iter()
+                .any(|(k, n)| *k == r.entry.kind && *n == r.entry.name)
+        })
         .collect();
     Ok(Outcome {
         matched: names.len(),
@@ -382,7 +389,10 @@ pub(crate) fn copy_reply(object: &str, result: &std::result::Result<Outcome, Str
             obj.num("matched", o.matched)
                 .raw("error", "null")
                 .raw("items", &json::array(o.items.iter().map(String::as_str)))
-                .raw("profile", &json::array(o.profile.iter().map(String::as_str)));
+                .raw(
+                    "profile",
+                    &json::array(o.profile.iter().map(String::as_str)),
+                );
         }
         Err(why) => {
             obj.num("matched", 0)

@@ -47,7 +47,10 @@ fn parse(text: &str) -> (Vec<(&str, Spec<'_>)>, Vec<String>) {
 
 /// One line on standard error; never fails (the program runs on whatever happens here).
 fn say(object: &str, what: &str) {
-    let _ = writeln!(std::io::stderr(), "textpoke: TEXTPOKE ({object}): {what}; skipped");
+    let _ = writeln!(
+        std::io::stderr(),
+        "textpoke: TEXTPOKE ({object}): {what}; skipped"
+    );
 }
 
 /// Applies `TEXTPOKE` to this copy's items as one batch, and starts the control server if

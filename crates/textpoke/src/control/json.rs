@@ -75,7 +75,11 @@ impl<'a> Obj<'a> {
     }
 
     /// An array of strings.
-    pub(crate) fn strs<'s>(&mut self, key: &str, values: impl IntoIterator<Item = &'s str>) -> &mut Self {
+    pub(crate) fn strs<'s>(
+        &mut self,
+        key: &str,
+        values: impl IntoIterator<Item = &'s str>,
+    ) -> &mut Self {
         let out = self.key(key);
         out.push('[');
         for (i, v) in values.into_iter().enumerate() {

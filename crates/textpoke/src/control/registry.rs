@@ -166,11 +166,17 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
             .name()
             .map_or_else(|| format!("key@{:#x}", key.core.addr()), str::to_owned);
         let count = key.count();
-        let mut row = Row::new(Kind::Key, name, &object, key.sites, on_off(count > 0).into())
-            .declared(key.declared())
-            .with("enabled", Extra::Bool(count > 0))
-            .with("count", Extra::Int(count.into()))
-            .with("likely_sites", Extra::Int(key.likely as i64));
+        let mut row = Row::new(
+            Kind::Key,
+            name,
+            &object,
+            key.sites,
+            on_off(count > 0).into(),
+        )
+        .declared(key.declared())
+        .with("enabled", Extra::Bool(count > 0))
+        .with("count", Extra::Int(count.into()))
+        .with("likely_sites", Extra::Int(key.likely as i64));
         row.handle = Handle::Key(key.core);
         out.push(row);
     }
@@ -199,23 +205,17 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
             (Err(why), _) => format!("refused: {why}"),
         };
         out.push(
-            Row::new(
-                Kind::Alternative,
-                symbolize(alt.addr),
-                &object,
-                1,
-                chosen,
-            )
-            .with("applied", Extra::Bool(applied))
-            .with(
-                "candidates",
-                Extra::Texts(
-                    alt.candidates
-                        .iter()
-                        .map(|f| feature_name(f).to_owned())
-                        .collect(),
+            Row::new(Kind::Alternative, symbolize(alt.addr), &object, 1, chosen)
+                .with("applied", Extra::Bool(applied))
+                .with(
+                    "candidates",
+                    Extra::Texts(
+                        alt.candidates
+                            .iter()
+                            .map(|f| feature_name(f).to_owned())
+                            .collect(),
+                    ),
                 ),
-            ),
         );
     }
     for f in crate::functions::list("*")? {
@@ -246,11 +246,10 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
     for imm in imms {
         let (kind, size) = imm.kind();
         let value = format_value(imm.bits(), kind, size);
-        let name = imm
-            .core
-            .item()
-            .name()
-            .map_or_else(|| format!("immediate@{:#x}", imm.core.addr()), str::to_owned);
+        let name = imm.core.item().name().map_or_else(
+            || format!("immediate@{:#x}", imm.core.addr()),
+            str::to_owned,
+        );
         let mut row = Row::new(Kind::Immediate, name, &object, imm.sites, value.clone())
             .declared(imm.declared())
             .with("value", Extra::Text(value))
@@ -271,9 +270,7 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
             .with("enabled", Extra::Bool(enabled)),
         );
     }
-    out.sort_by(|a, b| {
-        (a.entry.kind, &a.entry.name).cmp(&(b.entry.kind, &b.entry.name))
-    });
+    out.sort_by(|a, b| (a.entry.kind, &a.entry.name).cmp(&(b.entry.kind, &b.entry.name)));
     Ok(out)
 }
 
@@ -282,7 +279,11 @@ fn on_off(on: bool) -> &'static str {
 }
 
 fn feature_name(feature: &str) -> &str {
-    if feature.is_empty() { "default" } else { feature }
+    if feature.is_empty() {
+        "default"
+    } else {
+        feature
+    }
 }
 
 /// `symbol+0xoff`, or the object and offset, or the address.

@@ -88,7 +88,9 @@ impl Client {
                         return self.write();
                     }
                     if self.input.len() > MAX_REQUEST {
-                        self.refuse(&format!("a request is one line of at most {MAX_REQUEST} bytes"));
+                        self.refuse(&format!(
+                            "a request is one line of at most {MAX_REQUEST} bytes"
+                        ));
                         return self.write();
                     }
                 }
@@ -224,12 +226,18 @@ fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>) {
                 continue;
             }
             Err(e) => {
-                turn_away(stream, &format!("refused: the peer's credentials are unknown: {e}"));
+                turn_away(
+                    stream,
+                    &format!("refused: the peer's credentials are unknown: {e}"),
+                );
                 continue;
             }
         }
         if clients.len() >= MAX_CLIENTS {
-            turn_away(stream, &format!("busy: {MAX_CLIENTS} clients are connected"));
+            turn_away(
+                stream,
+                &format!("busy: {MAX_CLIENTS} clients are connected"),
+            );
             continue;
         }
         clients.push(Client {

@@ -205,10 +205,7 @@ fn join() -> Result<&'static PatcherV1> {
 /// Refuses a table this version cannot use: not textpoke's, another rendezvous version, or
 /// shorter than a `v1` table.
 fn check_table(p: &PatcherV1, object: &str) -> Result<()> {
-    if p.magic == MAGIC
-        && p.version == RENDEZVOUS_VERSION
-        && p.size as usize >= V1_CORE_SIZE
-    {
+    if p.magic == MAGIC && p.version == RENDEZVOUS_VERSION && p.size as usize >= V1_CORE_SIZE {
         return Ok(());
     }
     Err(Error::Rendezvous {
@@ -356,7 +353,10 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
             // held loaded; its header is checked before any function is used.
             let table = unsafe { &*(found.anchor as *const PatcherV1) };
             if check_table(table, &found.object).is_err()
-                || !has_field(table, std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>())
+                || !has_field(
+                    table,
+                    std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>(),
+                )
             {
                 0
             } else {
@@ -378,7 +378,9 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
                  not finished loading",
                 found.version
             );
-            CONTROL.get().map_or_else(|| why.clone(), |c| (c.error_reply)(&why))
+            CONTROL
+                .get()
+                .map_or_else(|| why.clone(), |c| (c.error_reply)(&why))
         } else {
             String::from_utf8_lossy(&reply).into_owned()
         };
@@ -398,7 +400,10 @@ pub fn serve_in_patcher() -> std::result::Result<String, String> {
     if std::ptr::eq(owner, this()) {
         return serve_here();
     }
-    if !has_field(owner, std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>()) {
+    if !has_field(
+        owner,
+        std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>(),
+    ) {
         return Err(format!(
             "the process's patcher ({}) predates the control server",
             text(&owner.name)

@@ -21,16 +21,16 @@ pub use near::{NearCode, alloc_near, chunk_count, free_near, is_near_code, write
 pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
 pub(crate) use rendezvous::rendezvous_note;
 pub use rendezvous::{
-    ObjectRef, all_rendezvous, first_rendezvous, hold_object_at, hold_object_of,
-    in_main_program, pin_object_of,
+    ObjectRef, all_rendezvous, first_rendezvous, hold_object_at, hold_object_of, in_main_program,
+    pin_object_of,
 };
 pub use settle::{Move, Settled, settle_signal, settle_threads};
+pub use signal::{
+    ensure_trap_handler, in_trap_handler, set_trap_delay, trap_handler_entry, trap_timing_point,
+};
 pub use socket::{
     bind_control_socket, block_program_signals, connect_control_socket, control_socket_name,
     may_control, peer_uid,
-};
-pub use signal::{
-    ensure_trap_handler, in_trap_handler, set_trap_delay, trap_handler_entry, trap_timing_point,
 };
 pub use sync::{prepare_core_sync, serialize_all_cores};
 pub use threads::{ThreadInfo, TrapView, threads_blocking_sigtrap};

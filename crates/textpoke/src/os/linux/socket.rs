@@ -20,7 +20,10 @@ extern "C" fn remove_socket_file() {
 /// `DIR`, else `@textpoke-PID` in the abstract namespace.
 pub fn control_socket_name(pid: u32, runtime_dir: Option<&std::path::Path>) -> String {
     match runtime_dir {
-        Some(dir) => dir.join(format!("textpoke-{pid}.sock")).display().to_string(),
+        Some(dir) => dir
+            .join(format!("textpoke-{pid}.sock"))
+            .display()
+            .to_string(),
         None => format!("@textpoke-{pid}"),
     }
 }
