@@ -5,9 +5,9 @@
 //! released: naming reads symbol tables and may ask the loader, whose lock a `dlclose` holds
 //! while it waits for the patch lock.
 
+use crate::Result;
 use crate::immediates::{ImmCore, ImmKind};
 use crate::keys::KeyCore;
-use crate::{Location, Result};
 
 use super::json::Obj;
 
@@ -137,17 +137,45 @@ impl Row {
 
 /// The path of the object holding this copy of textpoke.
 pub(crate) fn this_object() -> String {
+    object_of(&crate::os::loaded_objects())
+}
+
+fn object_of(objects: &[crate::os::Object]) -> String {
     let here = this_object as *const () as usize;
-    crate::os::loaded_objects()
-        .into_iter()
+    objects
+        .iter()
         .find(|o| o.contains(here, 1))
-        .map_or_else(|| "<unknown object>".into(), |o| o.name)
+        .map_or_else(|| "<unknown object>".into(), |o| o.name.clone())
+}
+
+/// Names addresses, with the loaded objects listed once for every name of a listing.
+struct Namer(Vec<crate::os::Object>);
+
+impl Namer {
+    /// The symbol that starts exactly at `addr` (a key's or an immediate's static).
+    fn exact(&self, addr: usize) -> Option<String> {
+        match crate::os::describe_in(&self.0, addr).1 {
+            Some((name, 0)) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// `symbol+0xoff`, or the object and offset, or the address.
+    fn symbolize(&self, addr: usize) -> String {
+        match crate::os::describe_in(&self.0, addr) {
+            (_, Some((sym, 0))) => sym,
+            (_, Some((sym, off))) => format!("{sym}+{off:#x}"),
+            (Some((obj, off)), None) => format!("{obj}+{off:#x}"),
+            (None, None) => format!("{addr:#x}"),
+        }
+    }
 }
 
 /// Every row of this copy, sorted by kind and name. `calls_of` gives a traced function's
 /// call count.
 pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
-    let object = this_object();
+    let namer = Namer(crate::os::loaded_objects());
+    let object = object_of(&namer.0);
     let (keys, calls, alts, imms) = {
         let lock = crate::engine::lock()?;
         let skip = crate::functions::key_addrs(&lock)?;
@@ -160,11 +188,9 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
     };
     let mut out = Vec::new();
     for key in keys {
-        let name = key
-            .core
-            .item()
-            .name()
-            .map_or_else(|| format!("key@{:#x}", key.core.addr()), str::to_owned);
+        let name = namer
+            .exact(key.core.addr())
+            .unwrap_or_else(|| format!("key@{:#x}", key.core.addr()));
         let count = key.count();
         let mut row = Row::new(
             Kind::Key,
@@ -182,7 +208,7 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
     }
     for call in calls {
         let target = match call.target {
-            Some(t) => symbolize(t),
+            Some(t) => namer.symbolize(t),
             None => "no-op".into(),
         };
         out.push(
@@ -205,17 +231,23 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
             (Err(why), _) => format!("refused: {why}"),
         };
         out.push(
-            Row::new(Kind::Alternative, symbolize(alt.addr), &object, 1, chosen)
-                .with("applied", Extra::Bool(applied))
-                .with(
-                    "candidates",
-                    Extra::Texts(
-                        alt.candidates
-                            .iter()
-                            .map(|f| feature_name(f).to_owned())
-                            .collect(),
-                    ),
+            Row::new(
+                Kind::Alternative,
+                namer.symbolize(alt.addr),
+                &object,
+                1,
+                chosen,
+            )
+            .with("applied", Extra::Bool(applied))
+            .with(
+                "candidates",
+                Extra::Texts(
+                    alt.candidates
+                        .iter()
+                        .map(|f| feature_name(f).to_owned())
+                        .collect(),
                 ),
+            ),
         );
     }
     for f in crate::functions::list("*")? {
@@ -262,7 +294,7 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
         out.push(
             Row::new(
                 Kind::Detour,
-                symbolize(target),
+                namer.symbolize(target),
                 &object,
                 1,
                 on_off(enabled).into(),
@@ -283,17 +315,6 @@ fn feature_name(feature: &str) -> &str {
         "default"
     } else {
         feature
-    }
-}
-
-/// `symbol+0xoff`, or the object and offset, or the address.
-fn symbolize(addr: usize) -> String {
-    let at = Location::of(addr);
-    match (at.symbol(), at.object()) {
-        (Some((sym, 0)), _) => sym.to_owned(),
-        (Some((sym, off)), _) => format!("{sym}+{off:#x}"),
-        (None, Some((obj, off))) => format!("{obj}+{off:#x}"),
-        (None, None) => format!("{addr:#x}"),
     }
 }
 

@@ -18,7 +18,9 @@ mod valgrind;
 pub use fnmap::{BoundsSource, FunctionBounds, function_containing};
 pub use mem::write_code;
 pub use near::{NearCode, alloc_near, chunk_count, free_near, is_near_code, write_near};
-pub use objects::{Object, Segment, TextMap, describe, loaded_objects, object_containing};
+pub use objects::{
+    Object, Segment, TextMap, describe, describe_in, loaded_objects, object_containing,
+};
 pub(crate) use rendezvous::rendezvous_note;
 pub use rendezvous::{
     ObjectRef, all_rendezvous, first_rendezvous, hold_object_at, hold_object_of, in_main_program,

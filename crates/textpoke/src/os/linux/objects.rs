@@ -191,7 +191,12 @@ type Named = Option<(String, usize)>;
 pub fn describe(addr: usize) -> (Named, Named) {
     // A fresh enumeration, not the cache: errors are described outside the patch lock too,
     // and the cache's mutex must only be taken under it (the lock is held across fork).
-    let found = loaded_objects().into_iter().find(|o| o.contains(addr, 1));
+    describe_in(&loaded_objects(), addr)
+}
+
+/// [`describe`], with the loaded objects listed once by the caller (for many addresses).
+pub fn describe_in(objects: &[Object], addr: usize) -> (Named, Named) {
+    let found = objects.iter().find(|o| o.contains(addr, 1)).cloned();
     let from_file = found
         .as_ref()
         .and_then(|o| super::symbols::symbol_in_file(&o.name, o.base, addr));
