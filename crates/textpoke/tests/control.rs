@@ -334,6 +334,31 @@ fn bad_textpoke_entries_print_one_line_each_and_the_program_runs_on() {
     }
 }
 
+#[test]
+fn plugins_apply_textpoke_to_their_own_items_when_loaded() {
+    let stderr = fresh_env(
+        "plugins_apply_textpoke_to_their_own_items_when_loaded",
+        &[(
+            "TEXTPOKE",
+            "textpoke_plugin::k2::KEY,textpoke_plugin::IMM=7,control::ALPHA",
+        )],
+        || {
+            assert!(alpha());
+            let p = Plugin::load(0).unwrap();
+            assert_eq!((p.run(2), p.run(1), p.imm()), (8, 0, 7));
+        },
+    );
+    if let Some(stderr) = stderr {
+        // The executable's copy has none of the plugin's items, and says so once per entry.
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("TEXTPOKE")).collect();
+        assert_eq!(lines.len(), 2, "{stderr}");
+        assert!(
+            lines.iter().all(|l| l.contains("a plugin loaded later")),
+            "{stderr}"
+        );
+    }
+}
+
 /// Sends one request line over a fresh connection and parses the reply.
 fn over_socket(line: &[u8]) -> Value {
     let (mut s, _) = control::connect(std::process::id()).unwrap();

@@ -131,7 +131,10 @@ fn apply(specs: &[(&str, Spec<'_>)], main: bool, object: &str) {
             },
         };
         if found == 0 && main {
-            say(object, &format!("`{entry}` matches nothing in this object"));
+            say(
+                object,
+                &format!("`{entry}` matches nothing here (a plugin loaded later may match it)"),
+            );
         }
     }
     let mut batch = Batch::new();
