@@ -185,6 +185,7 @@ pub mod insn {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::alternatives::planned_code as planned_alt_code;
+    pub use crate::control::imm_text;
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::calls::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
     pub use crate::engine::{

@@ -60,6 +60,8 @@ mod registry;
 mod server;
 
 pub use registry::{Entry, Kind};
+#[doc(hidden)]
+pub use registry::imm_text;
 
 use crate::Result;
 

@@ -318,6 +318,19 @@ fn feature_name(feature: &str) -> &str {
     }
 }
 
+/// An immediate's type name and value, from its recorded kind byte and size (for tools that
+/// read immediates from a file): `("i8", "-100")`.
+pub fn imm_text(bits: u64, kind: u8, size: u8) -> (String, String) {
+    let kind = match kind {
+        1 => ImmKind::Unsigned,
+        2 => ImmKind::Signed,
+        3 => ImmKind::Bool,
+        _ => ImmKind::Unknown,
+    };
+    let size = usize::from(size);
+    (type_name(kind, size), format_value(bits, kind, size))
+}
+
 /// An immediate's bits as its type reads them.
 pub(crate) fn format_value(bits: u64, kind: ImmKind, size: usize) -> String {
     let bits = truncate(bits, size);
