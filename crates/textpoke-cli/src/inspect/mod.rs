@@ -37,12 +37,9 @@ pub fn run_inspect(file: &Path, json: bool) -> ExitCode {
     };
     let listing = Listing::build(&image, &tables);
     let out = if json {
-        match serde_json::to_string(&listing) {
-            Ok(s) => s + "\n",
-            Err(e) => {
-                eprintln!("textpoke inspect: cannot encode the listing: {e}");
-                return ExitCode::FAILURE;
-            }
+        match json_line("inspect", &listing) {
+            Ok(s) => s,
+            Err(code) => return code,
         }
     } else {
         text::render(&listing)
@@ -59,12 +56,9 @@ pub fn run_verify(file: &Path, json: bool) -> ExitCode {
     };
     let verdict = verify::verify(&image, &tables);
     let out = if json {
-        match serde_json::to_string(&verdict) {
-            Ok(s) => s + "\n",
-            Err(e) => {
-                eprintln!("textpoke verify: cannot encode the verdict: {e}");
-                return ExitCode::FAILURE;
-            }
+        match json_line("verify", &verdict) {
+            Ok(s) => s,
+            Err(code) => return code,
         }
     } else if tables.is_empty() {
         format!("{}: no textpoke tables, nothing to check\n", image.file)
@@ -79,6 +73,14 @@ pub fn run_verify(file: &Path, json: bool) -> ExitCode {
         (code, true) => code,
         (_, false) => ExitCode::FAILURE,
     }
+}
+
+/// `value` as one line of JSON, or the exit code after saying why it cannot be.
+fn json_line(command: &str, value: &impl serde::Serialize) -> Result<String, ExitCode> {
+    serde_json::to_string(value).map(|s| s + "\n").map_err(|e| {
+        eprintln!("textpoke {command}: cannot encode the output: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn load(file: &Path) -> Result<(Image, Tables), InspectError> {
