@@ -34,6 +34,7 @@ mod alt;
 mod branch;
 mod call;
 mod cold;
+mod ctl;
 mod detour;
 mod dispatch;
 mod functions;
@@ -137,6 +138,12 @@ enum Command {
     /// One child process of `detour`.
     #[command(hide = true)]
     DetourChild(detour::ChildArgs),
+    /// Round trips through textpoke's control socket (list, enable) against a busy child, beside
+    /// a Unix-socket echo and the request run in-process; `list` of everything.
+    Ctl(ctl::CtlArgs),
+    /// The serving child process of `ctl`.
+    #[command(hide = true)]
+    CtlChild(ctl::ChildArgs),
     /// Raw costs that bound a toggle: membarrier SYNC_CORE (idle, busy, trapping), pwrite to
     /// /proc/self/mem (1 byte, 4 KiB), SIGTRAP round trip.
     Raw(raw::RawArgs),
@@ -170,6 +177,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Detour(args) => emit(args.json, &detour::run(&args)?, detour::print_table),
         Command::DetourChild(args) => detour::child(&args),
+        Command::Ctl(args) => emit(args.json, &ctl::run(&args)?, ctl::print_table),
+        Command::CtlChild(args) => ctl::child(&args),
         Command::Raw(args) => emit(args.json, &raw::run(&args)?, raw::print_table),
     }
 }

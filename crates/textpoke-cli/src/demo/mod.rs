@@ -10,6 +10,7 @@ pub mod functions;
 mod history;
 pub mod immediates;
 pub mod plugins;
+mod served;
 pub mod sites;
 
 use std::sync::Mutex;
@@ -300,9 +301,14 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
         (None, Default::default())
     };
 
+    // Its error is kept aside until the end: in the list now, it would stop the toggling.
+    let serve_error = config.serve.then(served::serve).and_then(Result::err);
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let tallies: Vec<WorkerTally> = std::thread::scope(|s| {
+        if config.serve {
+            s.spawn(|| served::beat(&stop));
+        }
         let workers: Vec<_> = (0..config.threads)
             .map(|w| {
                 let (sites, histories, stop) = (&sites, &histories, &stop);
@@ -334,6 +340,7 @@ pub fn run(config: &Config) -> Result<Report, ConfigError> {
             .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
+    toggler.errors.extend(serve_error);
 
     // Single-threaded, after the dust settles: every site must show its key's final state, and
     // every call its last scheduled target.
