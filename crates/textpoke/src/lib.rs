@@ -185,9 +185,9 @@ pub mod insn {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::alternatives::planned_code as planned_alt_code;
-    pub use crate::control::imm_text;
     pub use crate::arch::{Insn, Regs, condition_holds, disassemble, emulate};
     pub use crate::calls::{CArg, CRet, CallCore, inline_sites_of, trampoline_of};
+    pub use crate::control::imm_text;
     pub use crate::engine::{
         MERGE_GAP, PatchGuard, lock as patch_lock, patcher_id, read_code, threads_moved,
         trap_counts,
@@ -252,6 +252,7 @@ static ON_LOAD: extern "C" fn() = on_load;
 /// None of this copy's code runs again (its object is being unloaded).
 unsafe fn release_on_unload() {
     calls::release_held();
+    control::release();
     // SAFETY: the caller's guarantee.
     unsafe {
         keys::table::INDEX.release();

@@ -188,10 +188,25 @@ pub fn choices() -> Result<Vec<(usize, String)>> {
 /// One alternative site of this copy's object, as the registry lists it.
 pub(crate) struct AltRow {
     pub(crate) addr: usize,
+    site: &'static AltSite,
+}
+
+impl AltRow {
     /// Each candidate's feature, in priority order (`""` for the default).
-    pub(crate) candidates: Vec<String>,
+    pub(crate) fn candidates(&self) -> Vec<String> {
+        self.site
+            .candidates
+            .iter()
+            .map(|c| c.feature.clone())
+            .collect()
+    }
+
     /// The feature chosen for this machine, or why none can be.
-    pub(crate) chosen: std::result::Result<String, String>,
+    pub(crate) fn chosen(&self) -> std::result::Result<String, String> {
+        choose(self.site)
+            .map(|c| c.feature.clone())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Every alternative site of this copy's object, in address order.
@@ -200,10 +215,7 @@ pub(crate) fn rows(lock: &crate::engine::PatchGuard) -> Result<Vec<AltRow>> {
         .iter()
         .map(|site| AltRow {
             addr: site.addr,
-            candidates: site.candidates.iter().map(|c| c.feature.clone()).collect(),
-            chosen: choose(site)
-                .map(|c| c.feature.clone())
-                .map_err(|e| e.to_string()),
+            site,
         })
         .collect())
 }

@@ -9,7 +9,7 @@ use crate::functions::{Profile, Tracer};
 use crate::{Batch, Result};
 
 use super::json::{self, Obj};
-use super::registry::{self, Handle, Kind, Row};
+use super::registry::{self, Filter, Handle, Kind, Row};
 
 /// What a request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,10 +186,10 @@ fn traced_calls(held: &[Held], name: &str) -> Option<u64> {
     total
 }
 
-/// The rows of this copy, with the calls its request tracers counted.
-pub(crate) fn rows() -> Result<Vec<Row>> {
+/// The rows of this copy that `filter` wants, with the calls its request tracers counted.
+pub(crate) fn rows(filter: &Filter<'_>) -> Result<Vec<Row>> {
     let guard = held();
-    registry::rows(|name| traced_calls(&guard, name))
+    registry::rows(filter, |name| traced_calls(&guard, name))
 }
 
 /// The outcome of a request in this copy: how many items it matched, and JSON fields.
@@ -205,12 +205,7 @@ pub(crate) struct Outcome {
 pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String> {
     let pattern = request.pattern.as_str();
     let selected = |kinds: &[Kind]| -> std::result::Result<Vec<Row>, String> {
-        Ok(rows()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|r| kinds.is_empty() || kinds.contains(&r.entry.kind))
-            .filter(|r| matches(pattern, &r.entry.name))
-            .collect())
+        rows(&Filter { pattern, kinds }).map_err(|e| e.to_string())
     };
     let listed = |rows: Vec<Row>| Outcome {
         matched: rows.len(),
@@ -227,7 +222,7 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
                 Handle::Key(k) => b.set_key(k, on),
                 _ => b,
             });
-            commit_and_relist(batch, rows, &[Kind::Key])
+            commit_and_relist(batch, rows, pattern, &[Kind::Key])
         }
         Verb::Set => {
             let value = request.value.as_deref().unwrap_or_default();
@@ -244,7 +239,7 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
                     Handle::None => batch,
                 };
             }
-            commit_and_relist(batch, rows, &[Kind::Key, Kind::Immediate])
+            commit_and_relist(batch, rows, pattern, &[Kind::Key, Kind::Immediate])
         }
         Verb::Trace => {
             let rows = selected(&[Kind::Function])?;
@@ -254,7 +249,7 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
             let trace = CountingTracer::new(pattern).map_err(|e| e.to_string())?;
             trace.tracer.enable().map_err(|e| e.to_string())?;
             trace.keep();
-            relist(rows, &[Kind::Function])
+            relist(rows, pattern, &[Kind::Function])
         }
         Verb::ProfileStart => {
             let rows = selected(&[Kind::Function])?;
@@ -266,7 +261,7 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
                 pattern: pattern.to_owned(),
                 profile,
             });
-            relist(rows, &[Kind::Function])
+            relist(rows, pattern, &[Kind::Function])
         }
         Verb::Untrace | Verb::ProfileStop => {
             let profiles_only = request.verb == Verb::ProfileStop;
@@ -312,7 +307,7 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
         Verb::Revert => {
             let rows = selected(&[Kind::Function])?;
             let reverted = crate::functions::revert(pattern).map_err(|e| e.to_string())?;
-            let mut out = relist(rows, &[Kind::Function])?;
+            let mut out = relist(rows, pattern, &[Kind::Function])?;
             out.matched = reverted;
             Ok(out)
         }
@@ -331,24 +326,24 @@ fn parse_on_off(value: &str, name: &str) -> std::result::Result<bool, String> {
 fn commit_and_relist(
     batch: Batch<'_>,
     rows: Vec<Row>,
+    pattern: &str,
     kinds: &[Kind],
 ) -> std::result::Result<Outcome, String> {
     if !rows.is_empty() {
         batch.commit().map_err(|e| e.to_string())?;
     }
-    relist(rows, kinds)
+    relist(rows, pattern, kinds)
 }
 
-/// The current rows of the entries in `rows`.
-fn relist(rows: Vec<Row>, kinds: &[Kind]) -> std::result::Result<Outcome, String> {
+/// The current rows of the entries in `rows` (which `pattern` and `kinds` selected).
+fn relist(rows: Vec<Row>, pattern: &str, kinds: &[Kind]) -> std::result::Result<Outcome, String> {
     let names: Vec<(Kind, String)> = rows
         .into_iter()
         .map(|r| (r.entry.kind, r.entry.name))
         .collect();
-    let now: Vec<Row> = self::rows()
+    let now: Vec<Row> = self::rows(&Filter { pattern, kinds })
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|r| kinds.contains(&r.entry.kind))
         .filter(|r| {
             names
                 .iter()

@@ -80,7 +80,11 @@ pub(crate) fn apply_at_load() {
 }
 
 fn apply(specs: &[(&str, Spec<'_>)], main: bool, object: &str) {
-    let rows = match super::command::rows() {
+    let everything = registry::Filter {
+        pattern: "*",
+        kinds: &[],
+    };
+    let rows = match super::command::rows(&everything) {
         Ok(rows) => rows,
         Err(e) => return say(object, &e.to_string()),
     };

@@ -59,9 +59,9 @@ mod json;
 mod registry;
 mod server;
 
-pub use registry::{Entry, Kind};
 #[doc(hidden)]
 pub use registry::imm_text;
+pub use registry::{Entry, Kind};
 
 use crate::Result;
 
@@ -69,10 +69,13 @@ use crate::Result;
 /// everything), sorted by kind and name. The executable's and each plugin's copy list their
 /// own; [`request`] asks every copy.
 pub fn list(pattern: &str) -> Result<Vec<Entry>> {
-    Ok(command::rows()?
+    let filter = registry::Filter {
+        pattern,
+        kinds: &[],
+    };
+    Ok(command::rows(&filter)?
         .into_iter()
         .map(|r| r.entry)
-        .filter(|e| crate::functions::glob::matches(pattern, &e.name))
         .collect())
 }
 
@@ -213,3 +216,4 @@ pub(crate) fn start_serving() -> std::result::Result<String, String> {
 }
 
 pub(crate) use env::apply_at_load;
+pub(crate) use registry::release;

@@ -6,8 +6,11 @@
 //! while it waits for the patch lock.
 
 use crate::Result;
-use crate::immediates::{ImmCore, ImmKind};
-use crate::keys::KeyCore;
+use std::sync::{Arc, Mutex};
+
+use crate::alternatives::AltRow;
+use crate::immediates::{ImmCore, ImmKind, ImmRow};
+use crate::keys::{KeyCore, KeyRow};
 
 use super::json::Obj;
 
@@ -171,9 +174,77 @@ impl Namer {
     }
 }
 
-/// Every row of this copy, sorted by kind and name. `calls_of` gives a traced function's
-/// call count.
-pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
+/// Names of this copy's keys, immediates and alternative sites, by address: they never
+/// change while the object is loaded, and naming thousands from the symbol table is most of
+/// a listing's cost. Built on the first listing; freed when the object is unloaded.
+static NAMES: Mutex<Option<Arc<Names>>> = Mutex::new(None);
+
+/// (address, name), sorted by address.
+struct Names(Vec<(usize, String)>);
+
+impl Names {
+    fn get(&self, addr: usize) -> Option<&str> {
+        let i = self.0.binary_search_by_key(&addr, |n| n.0).ok()?;
+        Some(&self.0[i].1)
+    }
+}
+
+fn names(namer: &Namer, keys: &[KeyRow], imms: &[ImmRow], alts: &[AltRow]) -> Arc<Names> {
+    let mut cached = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(names) = &*cached {
+        return names.clone();
+    }
+    let mut all: Vec<(usize, String)> = Vec::new();
+    for key in keys {
+        let addr = key.core.addr();
+        all.push((
+            addr,
+            namer
+                .exact(addr)
+                .unwrap_or_else(|| format!("key@{addr:#x}")),
+        ));
+    }
+    for imm in imms {
+        let addr = imm.core.addr();
+        let name = namer
+            .exact(addr)
+            .unwrap_or_else(|| format!("immediate@{addr:#x}"));
+        all.push((addr, name));
+    }
+    all.extend(alts.iter().map(|a| (a.addr, namer.symbolize(a.addr))));
+    all.sort_unstable_by_key(|n| n.0);
+    let names = Arc::new(Names(all));
+    *cached = Some(names.clone());
+    names
+}
+
+/// Frees the name cache (this copy's object is being unloaded).
+pub(crate) fn release() {
+    *NAMES.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Which rows a listing wants: kinds (all when empty) and a glob over names.
+pub(crate) struct Filter<'a> {
+    pub(crate) pattern: &'a str,
+    pub(crate) kinds: &'a [Kind],
+}
+
+impl Filter<'_> {
+    fn wants_kind(&self, kind: Kind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
+    }
+
+    fn wants(&self, kind: Kind, name: &str) -> bool {
+        self.wants_kind(kind) && crate::functions::glob::matches(self.pattern, name)
+    }
+}
+
+/// The rows of this copy that `filter` wants, sorted by kind and name. `calls_of` gives a
+/// traced function's call count.
+pub(crate) fn rows(
+    filter: &Filter<'_>,
+    calls_of: impl Fn(&str) -> Option<u64>,
+) -> Result<Vec<Row>> {
     let namer = Namer(crate::os::loaded_objects());
     let object = object_of(&namer.0);
     let (keys, calls, alts, imms) = {
@@ -186,11 +257,15 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
             crate::immediates::rows(&lock)?,
         )
     };
+    let names = names(&namer, &keys, &imms, &alts);
+    let name_of = |addr: usize| names.get(addr).unwrap_or("?");
     let mut out = Vec::new();
     for key in keys {
-        let name = namer
-            .exact(key.core.addr())
-            .unwrap_or_else(|| format!("key@{:#x}", key.core.addr()));
+        let name = name_of(key.core.addr());
+        if !filter.wants(Kind::Key, name) {
+            continue;
+        }
+        let name = name.to_owned();
         let count = key.count();
         let mut row = Row::new(
             Kind::Key,
@@ -202,11 +277,14 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
         .declared(key.declared())
         .with("enabled", Extra::Bool(count > 0))
         .with("count", Extra::Int(count.into()))
-        .with("likely_sites", Extra::Int(key.likely as i64));
+        .with("likely_sites", Extra::Int(key.likely() as i64));
         row.handle = Handle::Key(key.core);
         out.push(row);
     }
-    for call in calls {
+    for call in calls
+        .into_iter()
+        .filter(|c| filter.wants(Kind::StaticCall, c.name))
+    {
         let target = match call.target {
             Some(t) => namer.symbolize(t),
             None => "no-op".into(),
@@ -225,32 +303,36 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
     }
     let applied = crate::alternatives::applied();
     for alt in alts {
-        let chosen = match (&alt.chosen, applied) {
+        let name = name_of(alt.addr);
+        if !filter.wants(Kind::Alternative, name) {
+            continue;
+        }
+        let name = name.to_owned();
+        let chosen = match (&alt.chosen(), applied) {
             (Ok(f), true) => feature_name(f).to_owned(),
             (Ok(f), false) => format!("default (first use will choose {})", feature_name(f)),
             (Err(why), _) => format!("refused: {why}"),
         };
         out.push(
-            Row::new(
-                Kind::Alternative,
-                namer.symbolize(alt.addr),
-                &object,
-                1,
-                chosen,
-            )
-            .with("applied", Extra::Bool(applied))
-            .with(
-                "candidates",
-                Extra::Texts(
-                    alt.candidates
-                        .iter()
-                        .map(|f| feature_name(f).to_owned())
-                        .collect(),
+            Row::new(Kind::Alternative, name, &object, 1, chosen)
+                .with("applied", Extra::Bool(applied))
+                .with(
+                    "candidates",
+                    Extra::Texts(
+                        alt.candidates()
+                            .iter()
+                            .map(|f| feature_name(f).to_owned())
+                            .collect(),
+                    ),
                 ),
-            ),
         );
     }
-    for f in crate::functions::list("*")? {
+    let functions = if filter.wants_kind(Kind::Function) {
+        crate::functions::list(filter.pattern)?
+    } else {
+        Vec::new()
+    };
+    for f in functions {
         let calls = calls_of(f.name);
         let state = match (f.noop, f.replaced, f.tracers > 0) {
             (true, _, _) => "no-op",
@@ -276,12 +358,13 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
         out.push(row);
     }
     for imm in imms {
+        let name = name_of(imm.core.addr());
+        if !filter.wants(Kind::Immediate, name) {
+            continue;
+        }
+        let name = name.to_owned();
         let (kind, size) = imm.kind();
         let value = format_value(imm.bits(), kind, size);
-        let name = imm.core.item().name().map_or_else(
-            || format!("immediate@{:#x}", imm.core.addr()),
-            str::to_owned,
-        );
         let mut row = Row::new(Kind::Immediate, name, &object, imm.sites, value.clone())
             .declared(imm.declared())
             .with("value", Extra::Text(value))
@@ -291,16 +374,13 @@ pub(crate) fn rows(calls_of: impl Fn(&str) -> Option<u64>) -> Result<Vec<Row>> {
         out.push(row);
     }
     for (target, enabled) in crate::detours::rows() {
-        out.push(
-            Row::new(
-                Kind::Detour,
-                namer.symbolize(target),
-                &object,
-                1,
-                on_off(enabled).into(),
-            )
-            .with("enabled", Extra::Bool(enabled)),
-        );
+        let name = namer.symbolize(target);
+        if filter.wants(Kind::Detour, &name) {
+            out.push(
+                Row::new(Kind::Detour, name, &object, 1, on_off(enabled).into())
+                    .with("enabled", Extra::Bool(enabled)),
+            );
+        }
     }
     out.sort_by(|a, b| (a.entry.kind, &a.entry.name).cmp(&(b.entry.kind, &b.entry.name)));
     Ok(out)

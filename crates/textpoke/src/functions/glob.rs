@@ -1,33 +1,44 @@
 //! Glob patterns over Rust paths, as ftrace's `set_ftrace_filter`: `*` matches any run of
 //! characters (`::` included), `?` any one character; everything else matches itself.
 
-/// Whether `text` matches `pattern`.
+/// Whether `text` matches `pattern`. Allocates nothing: a listing matches thousands of names.
 pub(crate) fn matches(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    // The classic two-pointer match with one backtrack point: linear in practice.
-    let (mut pi, mut ti) = (0, 0);
+    // Most patterns start with a literal path (`app::net::*`), or are one: compare that part
+    // as bytes, and walk chars only from the first wildcard on.
+    let Some(lit) = pattern.find(['*', '?']) else {
+        return pattern == text;
+    };
+    if !text.starts_with(&pattern[..lit]) {
+        return false;
+    }
+    // The classic two-pointer match with one backtrack point, over byte offsets of chars:
+    // linear in practice.
+    let next = |s: &str, at: usize| s[at..].chars().next().map(|c| (c, at + c.len_utf8()));
+    let (mut pi, mut ti) = (lit, lit);
     let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
+    while let Some((tc, t_after)) = next(text, ti) {
+        match next(pattern, pi) {
+            Some(('*', p_after)) => {
                 star = Some((pi, ti));
-                pi += 1;
+                pi = p_after;
             }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
+            Some((pc, p_after)) if pc == '?' || pc == tc => {
+                pi = p_after;
+                ti = t_after;
             }
             _ => match star {
                 Some((sp, st)) => {
+                    // Let the star take one more char of the text.
+                    let st = st + next(text, st).map_or(0, |(c, _)| c.len_utf8());
                     pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
+                    ti = st;
+                    star = Some((sp, st));
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    pattern[pi..].chars().all(|c| c == '*')
 }
 
 #[cfg(test)]
@@ -47,5 +58,10 @@ mod tests {
         assert!(!matches("app::net", "app::net::parse"));
         assert!(matches("a*b*c", "axxbyyc"));
         assert!(!matches("a*b*c", "axxbyy"));
+        // Characters, not bytes: `?` takes one whole char.
+        assert!(matches("app::?t", "app::ét"));
+        assert!(matches("*é*", "app::été"));
+        assert!(!matches("app::?", "app::éé"));
+        assert!(matches("**", "x"));
     }
 }

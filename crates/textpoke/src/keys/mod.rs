@@ -279,8 +279,6 @@ pub(crate) fn item_at(_lock: &PatchGuard, addr: usize) -> Option<Item> {
 pub(crate) struct KeyRow {
     pub(crate) core: &'static KeyCore,
     pub(crate) sites: usize,
-    /// Sites compiled with `static_branch_likely!`.
-    pub(crate) likely: usize,
 }
 
 impl KeyRow {
@@ -291,29 +289,40 @@ impl KeyRow {
     pub(crate) fn declared(&self) -> &'static std::panic::Location<'static> {
         self.core.declared
     }
+
+    /// Its sites compiled with `static_branch_likely!`.
+    pub(crate) fn likely(&self) -> usize {
+        // Once built, the index is never changed until this copy's object is unloaded (and
+        // this copy's code is running): reading it needs no lock.
+        table::INDEX
+            .peek()
+            .and_then(|r| r.as_ref().ok())
+            .map_or(0, |i| {
+                i.sites_of(self.core.addr())
+                    .iter()
+                    .filter(|s| s.likely)
+                    .count()
+            })
+    }
 }
 
 /// Every key with sites in this copy's object but those in `skip` (sorted addresses), in
-/// address order.
+/// address order. Hops from key to key: a key's sites are found by binary search, not walked.
 pub(crate) fn rows(lock: &PatchGuard, skip: &[usize]) -> Result<Vec<KeyRow>> {
+    let all = jump_index(lock)?.all();
     let mut out: Vec<KeyRow> = Vec::new();
-    for site in jump_index(lock)?.all() {
-        if skip.binary_search(&site.key).is_ok() {
-            continue;
-        }
-        match out.last_mut() {
-            Some(row) if row.core.addr() == site.key => {
-                row.sites += 1;
-                row.likely += usize::from(site.likely);
-            }
-            _ => out.push(KeyRow {
+    let mut i = 0;
+    while let Some(site) = all.get(i) {
+        let end = i + all[i..].partition_point(|s| s.key == site.key);
+        if skip.binary_search(&site.key).is_err() {
+            out.push(KeyRow {
                 // SAFETY: validation checked that every entry's key is a `KeyCore` of this
                 // copy of textpoke (its signature) in the object's data, and keys are statics.
                 core: unsafe { &*(site.key as *const KeyCore) },
-                sites: 1,
-                likely: usize::from(site.likely),
-            }),
+                sites: end - i,
+            });
         }
+        i = end;
     }
     Ok(out)
 }
