@@ -1,5 +1,6 @@
 //! `textpoke demo --serve` under `textpoke ctl`: the demo's own key and immediate, changed from
-//! another process, make its heartbeat appear, and `list --json` shows the key on.
+//! another process, make its heartbeat appear, and `list --json` shows the key on; then every
+//! verb, in text and JSON, and the process named by its executable's name.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 const EXE: &str = env!("CARGO_BIN_EXE_textpoke");
 const CHATTY: &str = "textpoke_cli::demo::served::CHATTY";
 const INTERVAL_MS: &str = "textpoke_cli::demo::served::INTERVAL_MS";
+const HEARTBEAT: &str = "textpoke_cli::demo::served::heartbeat";
 
 /// How long each step may take before the test gives up.
 const STEP: Duration = Duration::from_secs(10);
@@ -136,5 +138,93 @@ fn ctl_changes_the_served_demo() {
         Some("50".into()),
         "{reply}"
     );
+    every_verb(pid);
     drop(demo);
+}
+
+/// The one item a `--json` reply lists.
+fn only_item(out: &Output) -> serde_json::Value {
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON reply");
+    let items: Vec<serde_json::Value> = reply["copies"]
+        .as_array()
+        .expect("copies")
+        .iter()
+        .flat_map(|c| c["items"].as_array().expect("items").clone())
+        .collect();
+    assert_eq!(items.len(), 1, "{reply}");
+    items[0].clone()
+}
+
+/// Runs `ctl` and checks its exit code and output.
+fn expect(pid: u32, args: &[&str], code: i32, needle: &str) -> Output {
+    let r = ctl(pid, args);
+    let text = describe(&r);
+    assert_eq!(r.status.code(), Some(code), "ctl {args:?}: {text}");
+    assert!(
+        text.contains(needle),
+        "ctl {args:?} lacks {needle:?}: {text}"
+    );
+    r
+}
+
+fn every_verb(pid: u32) {
+    let pattern = "textpoke_cli::demo::served::*";
+    expect(pid, &["list", pattern], 0, "3 matched");
+    expect(pid, &["disable", CHATTY], 0, "off");
+    expect(pid, &["enable", CHATTY], 0, "on");
+    expect(pid, &["set", INTERVAL_MS, "10"], 0, "10");
+    expect(pid, &["set", INTERVAL_MS, "-1"], 1, "negative");
+    expect(pid, &["set", CHATTY, "sideways"], 1, "`on` or `off`");
+    expect(pid, &["enable", "nothing::*"], 1, "nothing matches");
+    expect(pid, &["frobnicate", "x"], 1, "unknown verb");
+    expect(pid, &["trace", HEARTBEAT], 0, "traced");
+    let start = Instant::now();
+    loop {
+        let item = only_item(&expect(pid, &["list", HEARTBEAT, "--json"], 0, "calls"));
+        if item["calls"].as_i64().is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(start.elapsed() < STEP, "the trace counted no call: {item}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    expect(pid, &["untrace", "*"], 0, "stopped");
+    let r = expect(
+        pid,
+        &["profile", HEARTBEAT, "--seconds", "0.3", "--json"],
+        0,
+        "profile",
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&r.stdout).expect("a JSON reply");
+    let rows = reply["copies"][0]["profile"]
+        .as_array()
+        .expect("profile rows")
+        .clone();
+    assert!(
+        rows.iter()
+            .any(|p| p["name"] == HEARTBEAT && p["calls"].as_i64() > Some(0)),
+        "{reply}"
+    );
+    expect(pid, &["replace-noop", HEARTBEAT], 0, "no-op");
+    assert_eq!(
+        only_item(&ctl(pid, &["list", HEARTBEAT, "--json"]))["noop"],
+        true
+    );
+    expect(pid, &["revert", HEARTBEAT], 0, "1 matched");
+    assert_eq!(
+        only_item(&ctl(pid, &["list", HEARTBEAT, "--json"]))["state"],
+        "off"
+    );
+    expect(pid, &["alternatives"], 0, "0 matched");
+    // By its executable's name, when it is the only serving process of that name.
+    let by_name = Command::new(EXE)
+        .args(["ctl", "textpoke", "list", CHATTY, "--json"])
+        .output()
+        .expect("run textpoke ctl");
+    assert!(by_name.status.success(), "{}", describe(&by_name));
+    assert_eq!(only_item(&by_name)["enabled"], true);
+    let r = Command::new(EXE)
+        .args(["ctl", "no-such-program-here", "list"])
+        .output()
+        .expect("run textpoke ctl");
+    assert_eq!(r.status.code(), Some(2), "{}", describe(&r));
 }

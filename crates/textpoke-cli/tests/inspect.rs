@@ -198,7 +198,10 @@ fn inspect_lists_the_demo_keys_calls_functions_and_immediates() {
         .find(|l| l.contains("textpoke_cli::demo::immediates::SMALL "))
         .unwrap();
     // Its type is recorded: the bits 0x9c read as an i8.
-    assert!(small.contains(" i8 ") && small.contains("initial -100 (0x9c)"), "{small}");
+    assert!(
+        small.contains(" i8 ") && small.contains("initial -100 (0x9c)"),
+        "{small}"
+    );
     // A patchable function's key is shown as the function, not as an anonymous key.
     assert!(!text.contains("__TEXTPOKE_KEY"), "{text}");
 }

@@ -109,7 +109,10 @@ pub fn run(options: &Options) -> ExitCode {
         }
         Err(e) => {
             if options.json {
-                println!("{}", serde_json::json!({ "ok": false, "errors": [e.to_string()] }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "errors": [e.to_string()] })
+                );
             } else {
                 eprintln!("textpoke ctl: {e}");
             }
@@ -139,7 +142,10 @@ fn run_checked(options: &Options) -> Result<Value, CtlError> {
             "`profile` takes one pattern (and --seconds)".into(),
         )),
         _ => {
-            if words.iter().any(|w| w.chars().any(char::is_whitespace) || w.is_empty()) {
+            if words
+                .iter()
+                .any(|w| w.chars().any(char::is_whitespace) || w.is_empty())
+            {
                 return Err(CtlError::Usage(
                     "arguments are patterns and values: no spaces, none empty".into(),
                 ));
@@ -156,7 +162,9 @@ pub fn send(pid: u32, line: &str, timeout: Duration) -> Result<Value, CtlError> 
     let io = |e: std::io::Error| CtlError::Socket(format!("{name}: {e}"));
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    stream.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
     if reply.is_empty() {
@@ -190,7 +198,10 @@ pub fn resolve(process: &str) -> Result<u32, CtlError> {
         many => Err(CtlError::Process(format!(
             "{} processes named `{process}` serve textpoke control ({}): name one by its id",
             many.len(),
-            many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -213,9 +224,9 @@ fn names_of(pid: u32) -> Vec<String> {
 fn serves(unix: &str, pid: u32) -> bool {
     let abstract_name = format!("@textpoke-{pid}");
     let file_name = format!("/textpoke-{pid}.sock");
-    unix.lines().filter_map(|l| l.split_whitespace().nth(7)).any(|path| {
-        path == abstract_name || path.ends_with(&file_name)
-    })
+    unix.lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .any(|path| path == abstract_name || path.ends_with(&file_name))
 }
 
 fn text(v: &Value, key: &str) -> String {
@@ -229,7 +240,12 @@ fn text(v: &Value, key: &str) -> String {
 /// The reply for a person: errors, then each object's items in columns, then profile rows.
 fn print_text(reply: &Value) {
     let empty = Vec::new();
-    let array = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).unwrap_or(&empty).clone();
+    let array = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+            .clone()
+    };
     for e in array(reply, "errors") {
         eprintln!("textpoke ctl: {}", e.as_str().unwrap_or_default());
     }
@@ -244,13 +260,23 @@ fn print_text(reply: &Value) {
             .iter()
             .map(|i| {
                 if i.get("stopped").is_some() {
-                    return ["stopped".into(), text(i, "stopped"), String::new(), String::new()];
+                    return [
+                        "stopped".into(),
+                        text(i, "stopped"),
+                        String::new(),
+                        String::new(),
+                    ];
                 }
                 let mut state = text(i, "state");
                 if let Some(calls) = i.get("calls") {
                     state = format!("{state}, {calls} calls");
                 }
-                [text(i, "kind"), text(i, "name"), state, format!("{} sites", text(i, "sites"))]
+                [
+                    text(i, "kind"),
+                    text(i, "name"),
+                    state,
+                    format!("{} sites", text(i, "sites")),
+                ]
             })
             .collect();
         let width = |n: usize| rows.iter().map(|r| r[n].chars().count()).max().unwrap_or(0);
