@@ -448,6 +448,23 @@ fn the_socket_serves_from_the_runtime_dir_for_its_owner_only() {
 }
 
 #[test]
+fn textpoke_control_serves_from_load_without_a_call() {
+    fresh_env(
+        "textpoke_control_serves_from_load_without_a_call",
+        &[("TEXTPOKE_CONTROL", "1"), ("XDG_RUNTIME_DIR", "")],
+        || {
+            // No textpoke call has been made in this process: the socket is up already.
+            let v = over_socket(b"enable control::ALPHA\n");
+            assert_eq!(v["ok"], true, "{v}");
+            assert!(alpha());
+            // Serving again names the socket the load started.
+            let name = control::serve().unwrap();
+            assert_eq!(name, format!("@textpoke-{}", std::process::id()));
+        },
+    );
+}
+
+#[test]
 fn another_user_is_refused() {
     fresh_env(
         "another_user_is_refused",
