@@ -177,7 +177,9 @@ fn run(listener: UnixListener) {
                 tv_nsec: i64::from(wait.subsec_nanos()),
             };
             if poll(&mut fds, Some(&timeout)).is_err() {
-                // EINTR (a signal we do not block) or ENOMEM: look again.
+                // EINTR (a signal we do not block) or ENOMEM: look again, without spinning on
+                // an error that persists.
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
             fds.iter().map(PollFd::revents).collect()
@@ -207,8 +209,13 @@ fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>) {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // WouldBlock: all taken. Anything else (EMFILE...): try again on the next wake.
-            Err(_) => return,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            // EMFILE, ENOBUFS...: the connection stays queued and the listener readable, so
+            // pause rather than spin until descriptors free up.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
         };
         if stream.set_nonblocking(true).is_err() {
             continue;
