@@ -19,6 +19,11 @@
 //! - `list_all_ms`: `list` of everything, read whole: the registry is the whole of this
 //!   program's (every site group of `toggle`, the functions of `functions`...), and
 //!   `list_all_sites` is the sum of its items' `sites`;
+//! - `list_10k_ms`: `list textpoke_plugin::*` of everything of one copy of the plugin the child
+//!   loaded (`crates/textpoke-plugin`: its key groups of 1 to 10,000 sites, 4 keys of 8, a
+//!   static call, an alternative and an immediate; `list_10k_sites` says how many sites in
+//!   all): a registry of about 10,000 sites, answered by the plugin's own copy of textpoke,
+//!   while this program's copy filters its own items out by the pattern;
 //! - `in_process_request_us.list`: `textpoke::control::request` of the same one-key `list`,
 //!   called in this (the parent) process: the request without the socket, the other process
 //!   and its busy threads.
@@ -131,6 +136,12 @@ pub struct CtlRow {
     pub list_all_key_sites: u64,
     /// Bytes of that reply.
     pub list_all_reply_bytes: usize,
+    /// `list textpoke_plugin::*` through the socket (the plugin copy's registry), in ms.
+    pub list_10k_ms: Spread,
+    /// Items in that reply.
+    pub list_10k_items: usize,
+    /// Sites in that reply (the sum of its items' `sites`).
+    pub list_10k_sites: u64,
     /// The key listed and toggled.
     pub key: String,
     /// The child's control socket.
@@ -158,6 +169,8 @@ pub fn child(args: &ChildArgs) -> Result<()> {
         .name("echo".into())
         .spawn(move || serve_echo(&echo))
         .map_err(|e| BenchError::new(format!("starting the echo thread: {e}")))?;
+    // Its registry is the one `list_10k_ms` lists; it stays loaded until the child ends.
+    let _plugin = textpoke_fixture::Plugin::load(0).map_err(BenchError::new)?;
     let big = group(BIG_KEY_SITES)?.textpoke_sites;
     let one = group(1)?.textpoke_sites;
     let stop = AtomicBool::new(false);
@@ -346,6 +359,7 @@ struct Samples {
     enable: Vec<f64>,
     connect: Vec<f64>,
     list_all: Vec<f64>,
+    list_10k: Vec<f64>,
     in_process: Vec<f64>,
 }
 
@@ -356,6 +370,8 @@ struct Listed {
     sites: u64,
     key_sites: u64,
     bytes: usize,
+    /// Items and sites of the plugin's registry.
+    plugin: (usize, u64),
 }
 
 /// One round: each measurement once, its reply checked outside the timing.
@@ -406,17 +422,31 @@ fn round(server: &Server, key: &str, n: usize, s: &mut Samples, listed: &mut Lis
     let v = ok_reply("list", &got)?;
     let all = items(&v);
     let sites = |i: &&Value| i.get("sites").and_then(Value::as_u64).unwrap_or(0);
-    *listed = Listed {
-        items: all.len(),
-        sites: all.iter().map(sites).sum(),
-        key_sites: all
-            .iter()
-            .filter(|i| i.get("kind").and_then(Value::as_str) == Some("key"))
-            .map(sites)
-            .sum(),
-        bytes: got.len(),
-    };
+    let all_bytes = got.len();
+    let all_sites: u64 = all.iter().map(sites).sum();
+    let key_sites = all
+        .iter()
+        .filter(|i| i.get("kind").and_then(Value::as_str) == Some("key"))
+        .map(sites)
+        .sum();
+    let all_items = all.len();
     s.list_all.push(us / 1e3);
+
+    let plugin = "list textpoke_plugin::*";
+    let (us, got) = timed(plugin, &mut |l| server.request(l))?;
+    let v = ok_reply(plugin, &got)?;
+    let of_plugin = items(&v);
+    if of_plugin.is_empty() {
+        return Err(BenchError::new(format!("{plugin:?} listed nothing: {got}")));
+    }
+    s.list_10k.push(us / 1e3);
+    *listed = Listed {
+        items: all_items,
+        sites: all_sites,
+        key_sites,
+        bytes: all_bytes,
+        plugin: (of_plugin.len(), of_plugin.iter().map(sites).sum()),
+    };
 
     let (us, got) = timed(&list, &mut |l| Ok(textpoke::control::request(l)))?;
     ok_reply(&list, &got)?;
@@ -481,6 +511,9 @@ pub fn run(args: &CtlArgs) -> Result<CtlRow> {
         list_all_sites: listed.sites,
         list_all_key_sites: listed.key_sites,
         list_all_reply_bytes: listed.bytes,
+        list_10k_ms: Spread::of(&samples.list_10k),
+        list_10k_items: listed.plugin.0,
+        list_10k_sites: listed.plugin.1,
         key,
         socket: server.socket.clone(),
         rounds,
@@ -503,6 +536,7 @@ pub fn print_table(r: &CtlRow) -> Result<()> {
             r.in_process_request_us.list,
         ),
         ("ctl list, everything (ms)", r.list_all_ms),
+        ("ctl list, the plugin's (ms)", r.list_10k_ms),
     ];
     crate::print_line(&format!("{:<32} {:>10} {:>10}", "request", "median", "p90"))?;
     for (name, s) in rows {
@@ -516,6 +550,10 @@ pub fn print_table(r: &CtlRow) -> Result<()> {
         r.list_all_reply_bytes,
         r.key,
         r.rounds
+    ))?;
+    crate::print_line(&format!(
+        "the plugin's: {} items, {} sites",
+        r.list_10k_items, r.list_10k_sites
     ))?;
     crate::print_line(&format!("note: {}", r.note))
 }
