@@ -18,6 +18,7 @@
 use gimli::{
     BaseAddresses, EhFrame, EhFrameHdr, EhFrameOffset, NativeEndian, Pointer, UnwindSection as _,
 };
+use std::ops::ControlFlow;
 
 /// Where a function's bounds came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,54 +94,37 @@ fn within(text: (usize, usize), start: usize, end: usize) -> bool {
 /// Finds the object whose readable, executable segment holds `addr` and, while the loader
 /// keeps it mapped, looks up its FDE and build ID.
 fn find(addr: usize) -> Option<Found> {
-    struct Scan {
-        addr: usize,
-        index: usize,
-        found: Option<Found>,
-    }
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` and `data` is the `Scan`
-        // passed below, used by nothing else during the call.
-        let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
-        let first = scan.index == 0;
-        scan.index += 1;
-        // SAFETY: `dlpi_phdr` points to `dlpi_phnum` mapped headers while the callback runs.
-        let phdrs = unsafe { super::rendezvous::program_headers(info) };
-        let base = info.dlpi_addr as usize;
-        let loads = || {
-            phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD).map(|p| {
-                let start = base.wrapping_add(p.p_vaddr as usize);
-                (start, start.wrapping_add(p.p_memsz as usize), p.p_flags)
-            })
-        };
+    let mut found = None;
+    super::loader::each_object(|o| {
         let is_rx = |flags: u32| flags & libc::PF_R != 0 && flags & libc::PF_X != 0;
-        let Some(text) = loads()
-            .find(|&(start, end, flags)| is_rx(flags) && start <= scan.addr && scan.addr < end)
+        let Some(text) = o
+            .loads()
+            .find(|&(start, end, flags)| is_rx(flags) && start <= addr && addr < end)
             .map(|(start, end, _)| (start, end))
         else {
-            return 0;
+            return ControlFlow::Continue(());
         };
-        let readable: Vec<(usize, usize)> = loads()
+        let readable: Vec<(usize, usize)> = o
+            .loads()
             .filter(|&(start, end, flags)| flags & libc::PF_R != 0 && start < end)
             .map(|(start, end, _)| (start, end))
             .collect();
         let memory = Memory(&readable);
-        let fde = phdrs
+        let base = o.base();
+        let fde = o
+            .phdrs()
             .iter()
             .find(|p| p.p_type == libc::PT_GNU_EH_FRAME)
             .and_then(|p| {
                 let hdr = base.wrapping_add(p.p_vaddr as usize);
                 // SAFETY: `readable` lists this object's readable `PT_LOAD` segments, which
                 // the loader maps in full (`p_memsz`, the tail zero-filled) and cannot unmap
-                // while this callback runs (see the module's docs).
-                unsafe { fde_bounds(scan.addr, hdr, p.p_memsz as usize, memory) }
+                // while the walk visits it (see the module's docs).
+                unsafe { fde_bounds(addr, hdr, p.p_memsz as usize, memory) }
             })
             .filter(|&(start, end)| within(text, start, end));
-        let build_id = phdrs
+        let build_id = o
+            .phdrs()
             .iter()
             .filter(|p| p.p_type == libc::PT_NOTE)
             .find_map(|p| {
@@ -149,24 +133,16 @@ fn find(addr: usize) -> Option<Found> {
                 let notes = unsafe { memory.bytes(at, p.p_memsz as usize)? };
                 build_id(notes, p.p_align)
             });
-        scan.found = Some(Found {
-            // SAFETY: `dlpi_name` is null or NUL-terminated, as `dl_iterate_phdr` passes it.
-            object: unsafe { super::objects::object_name(info, first) },
+        found = Some(Found {
+            object: o.name(),
             base,
             text,
             fde,
             build_id,
         });
-        1
-    }
-    let mut scan = Scan {
-        addr,
-        index: 0,
-        found: None,
-    };
-    // SAFETY: the callback matches the expected signature and only uses `data` as the `Scan`.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut scan as *mut Scan as *mut _) };
-    scan.found
+        ControlFlow::Break(())
+    });
+    found
 }
 
 /// One object's readable segments, `[start, end)` each: every slice handed to gimli is cut

@@ -2,6 +2,7 @@
 
 mod fnmap;
 mod fork;
+mod loader;
 pub(crate) mod lock;
 mod mem;
 mod near;

@@ -3,6 +3,7 @@
 //! segment of the object whose table declared it.
 
 use std::ffi::CStr;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 /// One `PT_LOAD` segment, as mapped.
@@ -69,71 +70,26 @@ pub(super) fn release() {
     drop(CACHE.lock().unwrap_or_else(|e| e.into_inner()).take());
 }
 
-/// The name [`Object::name`] gives the object `info` describes; `first` for the first object
-/// `dl_iterate_phdr` reports, the main program. Shared with callbacks that read an object while
-/// the loader keeps it mapped, so that they name it as the map does.
-///
-/// # Safety
-///
-/// `info.dlpi_name` is null or a NUL-terminated string, as `dl_iterate_phdr` passes it.
-pub(super) unsafe fn object_name(info: &libc::dl_phdr_info, first: bool) -> String {
-    // SAFETY: the caller's guarantee; the name is only read when it is not null.
-    if info.dlpi_name.is_null() || unsafe { *info.dlpi_name } == 0 {
-        if first {
-            std::fs::read_link("/proc/self/exe")
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "<main program>".into())
-        } else {
-            "<anonymous object>".into()
-        }
-    } else {
-        // SAFETY: as above: a non-null name is NUL-terminated.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
 /// All loaded objects, freshly enumerated.
 pub fn loaded_objects() -> Vec<Object> {
     let mut out: Vec<Object> = Vec::new();
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` whose `dlpi_phdr` points to
-        // `dlpi_phnum` headers, and `data` is the `Vec` passed below.
-        unsafe {
-            let info = &*info;
-            let out = &mut *(data as *mut Vec<Object>);
-            let name = object_name(info, out.is_empty());
-            let base = info.dlpi_addr as usize;
-            let phdrs = super::rendezvous::program_headers(info);
-            let segments = phdrs
-                .iter()
-                .filter(|p| p.p_type == libc::PT_LOAD)
-                .map(|p| Segment {
-                    // The load bias may wrap (prelinked objects, the vDSO on old kernels).
-                    start: base.wrapping_add(p.p_vaddr as usize),
-                    end: base
-                        .wrapping_add(p.p_vaddr as usize)
-                        .wrapping_add(p.p_memsz as usize),
-                    exec: p.p_flags & libc::PF_X != 0,
-                    read: p.p_flags & libc::PF_R != 0,
-                    write: p.p_flags & libc::PF_W != 0,
+    super::loader::each_object(|o| {
+        out.push(Object {
+            name: o.name(),
+            base: o.base(),
+            segments: o
+                .loads()
+                .map(|(start, end, flags)| Segment {
+                    start,
+                    end,
+                    exec: flags & libc::PF_X != 0,
+                    read: flags & libc::PF_R != 0,
+                    write: flags & libc::PF_W != 0,
                 })
-                .collect();
-            out.push(Object {
-                name,
-                base,
-                segments,
-            });
-        }
-        0
-    }
-    // SAFETY: the callback matches the expected signature and only uses `data` as the `Vec`.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut out as *mut Vec<Object> as *mut _) };
+                .collect(),
+        });
+        ControlFlow::Continue(())
+    });
     out
 }
 

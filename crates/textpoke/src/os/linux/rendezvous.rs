@@ -9,6 +9,7 @@
 //! versioned table the engine defines). This module knows nothing of what the anchor holds.
 
 use std::ffi::{CStr, CString};
+use std::ops::ControlFlow;
 
 /// Type of textpoke's note.
 pub const NOTE_TYPE: u32 = 0x7470_0001;
@@ -63,72 +64,33 @@ pub fn all_rendezvous() -> Vec<Rendezvous> {
 }
 
 fn scan_notes(first_only: bool) -> Vec<Rendezvous> {
-    struct Scan {
-        index: usize,
-        first_only: bool,
-        found: Vec<Rendezvous>,
-    }
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: `dl_iterate_phdr` passes a valid `dl_phdr_info` whose `dlpi_phdr` points to
-        // `dlpi_phnum` headers of a mapped object, and `data` is the `Scan` passed below.
-        let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
-        let main = scan.index == 0;
-        scan.index += 1;
-        // SAFETY: as above.
-        let phdrs = unsafe { program_headers(info) };
-        for ph in phdrs.iter().filter(|p| p.p_type == libc::PT_NOTE) {
-            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+    let mut found = Vec::new();
+    super::loader::each_object(|o| {
+        for ph in o.phdrs().iter().filter(|p| p.p_type == libc::PT_NOTE) {
+            let start = o.base().wrapping_add(ph.p_vaddr as usize);
             let align = (ph.p_align as usize).max(4);
             // SAFETY: a PT_NOTE segment lies inside a loaded segment of the object, mapped
-            // readable for `p_memsz` bytes.
+            // readable for `p_memsz` bytes while the walk visits it.
             if let Some((version, anchor)) = unsafe { find_note(start, ph.p_memsz as usize, align) }
             {
-                // SAFETY: a non-null name is a NUL-terminated string owned by the loader.
-                let object = if main || info.dlpi_name.is_null() {
-                    std::fs::read_link("/proc/self/exe")
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|_| "<main program>".into())
-                } else {
-                    unsafe { CStr::from_ptr(info.dlpi_name) }
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                scan.found.push(Rendezvous {
-                    object,
-                    main,
+                found.push(Rendezvous {
+                    object: o.name(),
+                    main: o.main(),
                     version,
                     anchor,
                 });
-                return scan.first_only as libc::c_int;
+                // One copy per object answers for it: two copies in one object share its
+                // tables.
+                return if first_only {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                };
             }
         }
-        0
-    }
-    let mut scan = Scan {
-        index: 0,
-        first_only,
-        found: Vec::new(),
-    };
-    // SAFETY: the callback matches the expected signature and only uses `data` as the `Scan`.
-    unsafe { libc::dl_iterate_phdr(Some(each), &mut scan as *mut Scan as *mut _) };
-    scan.found
-}
-
-/// The program headers `dl_iterate_phdr` passed with `info` (none if it passed none).
-///
-/// # Safety
-///
-/// `info` is what `dl_iterate_phdr` passed to its callback, which has not returned.
-pub(super) unsafe fn program_headers(info: &libc::dl_phdr_info) -> &[libc::Elf64_Phdr] {
-    if info.dlpi_phdr.is_null() {
-        return &[];
-    }
-    // SAFETY: the caller's guarantee: `dlpi_phdr` points to `dlpi_phnum` mapped headers.
-    unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        ControlFlow::Continue(())
+    });
+    found
 }
 
 /// Walks the notes in `[start, start + len)`; returns the version and anchor of textpoke's.
@@ -220,47 +182,24 @@ pub fn hold_object_at(addr: usize) -> Option<Option<ObjectRef>> {
 
 /// Whether `addr` lies in a segment of the main program.
 pub fn in_main_program(addr: usize) -> bool {
-    unsafe extern "C" fn first(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: as in `first_rendezvous`; `data` is the `(usize, bool)` passed below.
-        let (info, out) = unsafe { (&*info, &mut *(data as *mut (usize, bool))) };
-        // SAFETY: as above.
-        let phdrs = unsafe { program_headers(info) };
-        out.1 = phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD).any(|p| {
-            let start = (info.dlpi_addr as usize).wrapping_add(p.p_vaddr as usize);
-            out.0 >= start && out.0 - start < p.p_memsz as usize
-        });
-        1 // the main program is listed first: stop there
-    }
-    let mut data = (addr, false);
-    // SAFETY: the callback matches the expected signature and only uses `data` as above.
-    unsafe { libc::dl_iterate_phdr(Some(first), &mut data as *mut (usize, bool) as *mut _) };
-    data.1
+    let mut inside = false;
+    super::loader::each_object(|o| {
+        inside = o.loads().any(|(start, end, _)| start <= addr && addr < end);
+        ControlFlow::Break(()) // the main program is listed first: stop there
+    });
+    inside
 }
 
 /// The loader's counts of objects loaded and unloaded so far: when they change, any map of
 /// the loaded objects is stale.
 pub fn objects_generation() -> (u64, u64) {
-    unsafe extern "C" fn first(
-        info: *mut libc::dl_phdr_info,
-        size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: as in `first_rendezvous`; `data` is the pair passed below. The counters
-        // exist when the loader's struct is large enough to hold them.
-        unsafe {
-            if size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8 {
-                *(data as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs);
-            }
-        }
-        1
-    }
     let mut out = (u64::MAX, u64::MAX);
-    // SAFETY: the callback matches the expected signature and only uses `data` as above.
-    unsafe { libc::dl_iterate_phdr(Some(first), &mut out as *mut (u64, u64) as *mut _) };
+    super::loader::each_object(|o| {
+        if let Some(counts) = o.generation() {
+            out = counts;
+        }
+        ControlFlow::Break(())
+    });
     out
 }
 
