@@ -6,6 +6,7 @@
 //! while it waits for the patch lock.
 
 use crate::Result;
+use crate::functions::glob::Glob;
 use std::sync::{Arc, Mutex};
 
 use crate::alternatives::AltRow;
@@ -233,10 +234,6 @@ impl Filter<'_> {
     fn wants_kind(&self, kind: Kind) -> bool {
         self.kinds.is_empty() || self.kinds.contains(&kind)
     }
-
-    fn wants(&self, kind: Kind, name: &str) -> bool {
-        self.wants_kind(kind) && crate::functions::glob::matches(self.pattern, name)
-    }
 }
 
 /// The rows of this copy that `filter` wants, sorted by kind and name. `calls_of` gives a
@@ -258,11 +255,13 @@ pub(crate) fn rows(
         )
     };
     let names = names(&namer, &keys, &imms, &alts);
+    let glob = Glob::new(filter.pattern);
+    let wants = |kind: Kind, name: &str| filter.wants_kind(kind) && glob.matches(name);
     let name_of = |addr: usize| names.get(addr).unwrap_or("?");
     let mut out = Vec::new();
     for key in keys {
         let name = name_of(key.core.addr());
-        if !filter.wants(Kind::Key, name) {
+        if !wants(Kind::Key, name) {
             continue;
         }
         let name = name.to_owned();
@@ -283,7 +282,7 @@ pub(crate) fn rows(
     }
     for call in calls
         .into_iter()
-        .filter(|c| filter.wants(Kind::StaticCall, c.name))
+        .filter(|c| wants(Kind::StaticCall, c.name))
     {
         let target = match call.target {
             Some(t) => namer.symbolize(t),
@@ -304,7 +303,7 @@ pub(crate) fn rows(
     let applied = crate::alternatives::applied();
     for alt in alts {
         let name = name_of(alt.addr);
-        if !filter.wants(Kind::Alternative, name) {
+        if !wants(Kind::Alternative, name) {
             continue;
         }
         let name = name.to_owned();
@@ -359,7 +358,7 @@ pub(crate) fn rows(
     }
     for imm in imms {
         let name = name_of(imm.core.addr());
-        if !filter.wants(Kind::Immediate, name) {
+        if !wants(Kind::Immediate, name) {
             continue;
         }
         let name = name.to_owned();
@@ -375,7 +374,7 @@ pub(crate) fn rows(
     }
     for (target, enabled) in crate::detours::rows() {
         let name = namer.symbolize(target);
-        if filter.wants(Kind::Detour, &name) {
+        if wants(Kind::Detour, &name) {
             out.push(
                 Row::new(Kind::Detour, name, &object, 1, on_off(enabled).into())
                     .with("enabled", Extra::Bool(enabled)),

@@ -186,8 +186,9 @@ pub struct FunctionInfo {
 /// Every patchable function whose path matches `pattern` (`*` for all), sorted by path.
 pub fn list(pattern: &str) -> Result<Vec<FunctionInfo>> {
     let mut out = Vec::new();
+    let glob = glob::Glob::new(pattern);
     for (meta, _) in &functions()?.functions {
-        if glob::matches(pattern, meta.name) {
+        if glob.matches(meta.name) {
             out.push(FunctionInfo {
                 name: meta.name,
                 file: meta.file,
