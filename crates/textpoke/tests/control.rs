@@ -465,6 +465,20 @@ fn textpoke_control_serves_from_load_without_a_call() {
 }
 
 #[test]
+fn an_unusable_runtime_dir_falls_back_to_the_abstract_namespace() {
+    fresh_env(
+        "an_unusable_runtime_dir_falls_back_to_the_abstract_namespace",
+        // A directory in which no socket can be made.
+        &[("XDG_RUNTIME_DIR", "/proc")],
+        || {
+            let name = control::serve().unwrap();
+            assert_eq!(name, format!("@textpoke-{}", std::process::id()));
+            assert_eq!(over_socket(b"list control::ALPHA\n")["ok"], true);
+        },
+    );
+}
+
+#[test]
 fn another_user_is_refused() {
     fresh_env(
         "another_user_is_refused",

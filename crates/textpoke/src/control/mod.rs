@@ -45,7 +45,8 @@
 //!
 //! A program opts in with [`serve`] or by running with `TEXTPOKE_CONTROL=1`. A thread of
 //! textpoke's then serves a Unix socket named by the process id: `$XDG_RUNTIME_DIR/textpoke-
-//! PID.sock`, or `textpoke-PID` in the abstract namespace when `XDG_RUNTIME_DIR` is not set.
+//! PID.sock`, or `textpoke-PID` in the abstract namespace when `XDG_RUNTIME_DIR` is not set
+//! or no socket can be made there.
 //! Only the same user, or root, may connect (the peer's credentials are checked). A client
 //! sends one request line and reads one JSON reply; `textpoke ctl PID …` is that client.
 //!

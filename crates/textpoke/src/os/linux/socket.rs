@@ -28,33 +28,46 @@ pub fn control_socket_name(pid: u32, runtime_dir: Option<&std::path::Path>) -> S
     }
 }
 
-/// Binds this process's control socket: in `$XDG_RUNTIME_DIR` when that is a directory (the
-/// file is made readable and writable by its owner only, and removed at exit), else in the
-/// abstract namespace. Returns the listener, non-blocking, and its name.
+/// Binds this process's control socket: in `$XDG_RUNTIME_DIR` when that is a directory the
+/// socket can be made in (the file is made readable and writable by its owner only, and
+/// removed at exit), else in the abstract namespace, where clients look next. Returns the
+/// listener, non-blocking, and its name.
 pub fn bind_control_socket() -> io::Result<(UnixListener, String)> {
     let pid = std::process::id();
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|d| d.is_absolute() && d.is_dir());
-    let name = control_socket_name(pid, dir.as_deref());
-    let listener = match &dir {
-        Some(_) => {
-            let path = PathBuf::from(&name);
-            // A file left by an earlier process with this id (pids are reused) is stale: only
-            // this process can serve this name.
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            let mut file = SOCKET_FILE.lock().unwrap_or_else(|e| e.into_inner());
-            if file.replace(path).is_none() {
-                super::at_exit(remove_socket_file);
-            }
-            listener
+    let in_dir = dir.as_deref().and_then(|d| {
+        let name = control_socket_name(pid, Some(d));
+        bind_file(PathBuf::from(&name)).ok().map(|l| (l, name))
+    });
+    let (listener, name) = match in_dir {
+        Some(bound) => bound,
+        // No usable runtime directory (unset, read-only, a path too long for a socket).
+        None => {
+            let name = control_socket_name(pid, None);
+            let addr = SocketAddr::from_abstract_name(&name[1..])?;
+            (UnixListener::bind_addr(&addr)?, name)
         }
-        None => UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name[1..])?)?,
     };
     listener.set_nonblocking(true)?;
     Ok((listener, name))
+}
+
+fn bind_file(path: PathBuf) -> io::Result<UnixListener> {
+    // A file left by an earlier process with this id (pids are reused) is stale: only this
+    // process can serve this name.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    let mut file = SOCKET_FILE.lock().unwrap_or_else(|e| e.into_inner());
+    if file.replace(path).is_none() {
+        super::at_exit(remove_socket_file);
+    }
+    Ok(listener)
 }
 
 /// Connects to a control socket named as [`control_socket_name`] names it.
