@@ -977,11 +977,12 @@ mod tests {
         cmd
     }
 
-    // Ignored because it is not a test of its own: it is the body of the child process that
-    // `tiny_detour_run_gives_a_complete_json_object` starts (this test binary run again, with CHILD_ENV set and only this
-    // test selected), since a test binary has no `detour-child` subcommand. Run alone, without
-    // CHILD_ENV, it would have nothing to do and could not fail.
     #[test]
+    // Ignored because it is not a test of its own: it is the body of the child process that
+    // `tiny_detour_run_gives_a_complete_json_object` starts (this test binary run again, with
+    // CHILD_ENV set and `--ignored --exact` selecting only this test), since a test binary has
+    // no `detour-child` subcommand. Run alone, without CHILD_ENV, it would have nothing to do
+    // and could not fail; its parent test runs it on every `cargo test`.
     #[ignore = "the child process of the detour tests: does nothing unless they start it"]
     fn detour_child_process() {
         use clap::Parser;
