@@ -234,7 +234,6 @@ static ON_UNLOAD: extern "C" fn() = on_unload;
 extern "C" fn on_load() {
     engine::set_control(engine::ControlFns {
         request: control::handle_request,
-        error_reply: control::error_reply,
         serve: control::start_serving,
     });
     // A panic must not unwind out of the loader, nor abort the program before `main`.

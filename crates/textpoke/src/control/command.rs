@@ -230,7 +230,11 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
             let mut batch = Batch::new();
             for row in &rows {
                 batch = match row.handle {
-                    Handle::Key(k) => batch.set_key(k, parse_on_off(value, &row.entry.name)?),
+                    Handle::Key(k) => batch.set_key(
+                        k,
+                        registry::parse_on_off(value)
+                            .map_err(|why| format!("{}: {why}", row.entry.name))?,
+                    ),
                     Handle::Immediate(imm, kind, size) => {
                         let bits = registry::parse_value(value, kind, size)
                             .map_err(|why| format!("{}: {why}", row.entry.name))?;
@@ -314,14 +318,6 @@ pub(crate) fn execute(request: &Request) -> std::result::Result<Outcome, String>
     }
 }
 
-fn parse_on_off(value: &str, name: &str) -> std::result::Result<bool, String> {
-    match value {
-        "on" | "true" | "1" | "enable" => Ok(true),
-        "off" | "false" | "0" | "disable" => Ok(false),
-        _ => Err(format!("{name}: a key is set `on` or `off`, not `{value}`")),
-    }
-}
-
 /// Commits `batch` (which changed `rows`), then lists those rows as they are now.
 fn commit_and_relist(
     batch: Batch<'_>,
@@ -375,7 +371,7 @@ fn profile_json(row: &crate::functions::ProfileRow) -> String {
 }
 
 /// This copy's reply: `{"object", "matched", "error", "items", "profile"}`.
-pub(crate) fn copy_reply(object: &str, result: &std::result::Result<Outcome, String>) -> String {
+pub(crate) fn copy_reply(object: &str, result: std::result::Result<&Outcome, &str>) -> String {
     let mut out = String::new();
     let mut obj = Obj::new(&mut out);
     obj.str("object", object);

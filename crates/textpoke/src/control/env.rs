@@ -5,7 +5,7 @@ use std::io::Write;
 
 use crate::Batch;
 use crate::functions::Replacement;
-use crate::functions::glob::matches;
+use crate::functions::glob::Glob;
 
 use super::command::CountingTracer;
 use super::registry::{self, Handle, Kind, Row};
@@ -95,9 +95,10 @@ fn apply(specs: &[(&str, Spec<'_>)], main: bool, object: &str) {
         let found = match *spec {
             Spec::Set(pattern, value) => {
                 let mut n = 0;
-                for row in rows.iter().filter(|r| matches(pattern, &r.entry.name)) {
+                let glob = Glob::new(pattern);
+                for row in rows.iter().filter(|r| glob.matches(&r.entry.name)) {
                     let bits = match (row.handle, row.entry.kind) {
-                        (Handle::Key(_), Kind::Key) => on_off(value),
+                        (Handle::Key(_), Kind::Key) => registry::parse_on_off(value).map(u64::from),
                         (Handle::Immediate(_, kind, size), _) => {
                             registry::parse_value(value, kind, size)
                         }
@@ -158,14 +159,6 @@ fn apply(specs: &[(&str, Spec<'_>)], main: bool, object: &str) {
     match batch.commit() {
         Ok(_) => tracers.into_iter().for_each(CountingTracer::keep),
         Err(e) => say(object, &format!("the batch failed: {e}")),
-    }
-}
-
-fn on_off(value: &str) -> std::result::Result<u64, String> {
-    match value {
-        "on" | "true" | "1" => Ok(1),
-        "off" | "false" | "0" => Ok(0),
-        _ => Err(format!("a key is set `on` or `off`, not `{value}`")),
     }
 }
 

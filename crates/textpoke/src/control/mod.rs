@@ -65,6 +65,7 @@ pub use registry::imm_text;
 pub use registry::{Entry, Kind};
 
 use crate::Result;
+use crate::engine::Answer;
 
 /// What this copy of textpoke controls in its object whose name matches `pattern` (`*` for
 /// everything), sorted by kind and name. The executable's and each plugin's copy list their
@@ -97,11 +98,19 @@ pub fn request(line: &str) -> String {
     let copies = crate::engine::control_each(line.as_bytes());
     let mut errors = Vec::new();
     let mut matched = 0;
-    for c in &copies {
-        if c.matched < 0 {
-            errors.push(format!("{}: {}", c.object, copy_error(&c.reply)));
-        } else {
-            matched += c.matched;
+    let mut replies = Vec::with_capacity(copies.len());
+    for c in copies.iter() {
+        match &c.answer {
+            Answer::Replied(n, reply) => {
+                matched += n;
+                replies.push(reply.clone());
+            }
+            Answer::Failed(why) => {
+                errors.push(format!("{}: {why}", c.object));
+                replies.push(command::copy_reply(&c.object, Err(why)));
+            }
+            // Not a failure of the request: that copy has nothing to say.
+            Answer::Silent(why) => replies.push(command::copy_reply(&c.object, Err(why))),
         }
     }
     if errors.is_empty() && matched == 0 && parsed.verb.changes() {
@@ -111,11 +120,18 @@ pub fn request(line: &str) -> String {
             copies.len()
         ));
     }
-    let replies: Vec<&str> = copies.iter().map(|c| c.reply.as_str()).collect();
+    let replies: Vec<&str> = replies.iter().map(String::as_str).collect();
     reply(line, errors.is_empty(), matched, &errors, &replies)
 }
 
-fn reply(line: &str, ok: bool, matched: i64, errors: &[String], copies: &[&str]) -> String {
+/// The reply to a request: `ok`, the request, items matched, errors and each copy's reply.
+pub(super) fn reply(
+    line: &str,
+    ok: bool,
+    matched: u64,
+    errors: &[String],
+    copies: &[&str],
+) -> String {
     let mut out = String::new();
     json::Obj::new(&mut out)
         .bool("ok", ok)
@@ -124,28 +140,6 @@ fn reply(line: &str, ok: bool, matched: i64, errors: &[String], copies: &[&str])
         .strs("errors", errors.iter().map(String::as_str))
         .raw("copies", &json::array(copies.iter().copied()))
         .end();
-    out
-}
-
-/// The `error` field of a copy's reply, for the summary (the reply itself is kept whole).
-fn copy_error(reply: &str) -> String {
-    let Some(start) = reply.find("\"error\":\"") else {
-        return "failed".into();
-    };
-    let rest = &reply[start + 9..];
-    let mut out = String::new();
-    let mut chars = rest.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => break,
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    out.push(if n == 'n' { '\n' } else { n });
-                }
-            }
-            c => out.push(c),
-        }
-    }
     out
 }
 
@@ -192,23 +186,19 @@ pub fn connect(pid: u32) -> std::io::Result<(std::os::unix::net::UnixStream, Str
 }
 
 /// A copy's request entry point (through the rendezvous table): runs `request` on this
-/// copy's items; returns the number matched (-1: failed) and this copy's JSON reply.
-pub(crate) fn handle_request(request: &[u8]) -> (i64, String) {
-    let object = registry::this_object();
+/// copy's items: the number matched and this copy's JSON reply, or why it failed.
+pub(crate) fn handle_request(request: &[u8]) -> Answer {
     let outcome = std::str::from_utf8(request)
         .map_err(|_| "the request is not UTF-8".to_owned())
         .and_then(command::parse)
         .and_then(|r| command::execute(&r));
-    let matched = match &outcome {
-        Ok(o) => o.matched as i64,
-        Err(_) => -1,
-    };
-    (matched, command::copy_reply(&object, &outcome))
-}
-
-/// A copy's reply that says only why it failed.
-pub(crate) fn error_reply(why: &str) -> String {
-    command::copy_reply(&registry::this_object(), &Err(why.to_owned()))
+    match outcome {
+        Ok(o) => Answer::Replied(
+            o.matched as u64,
+            command::copy_reply(&registry::this_object(), Ok(&o)),
+        ),
+        Err(why) => Answer::Failed(why),
+    }
 }
 
 /// Starts the server in this copy (see [`serve`]).

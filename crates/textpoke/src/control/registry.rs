@@ -385,6 +385,15 @@ pub(crate) fn rows(
     Ok(out)
 }
 
+/// A key's state as a request or `TEXTPOKE` names it, or why the word is not one.
+pub(crate) fn parse_on_off(value: &str) -> std::result::Result<bool, String> {
+    match value {
+        "on" | "true" | "1" | "enable" => Ok(true),
+        "off" | "false" | "0" | "disable" => Ok(false),
+        _ => Err(format!("a key is set `on` or `off`, not `{value}`")),
+    }
+}
+
 fn on_off(on: bool) -> &'static str {
     if on { "on" } else { "off" }
 }
@@ -400,12 +409,7 @@ fn feature_name(feature: &str) -> &str {
 /// An immediate's type name and value, from its recorded kind byte and size (for tools that
 /// read immediates from a file): `("i8", "-100")`.
 pub fn imm_text(bits: u64, kind: u8, size: u8) -> (String, String) {
-    let kind = match kind {
-        1 => ImmKind::Unsigned,
-        2 => ImmKind::Signed,
-        3 => ImmKind::Bool,
-        _ => ImmKind::Unknown,
-    };
+    let kind = ImmKind::from_byte(kind);
     let size = usize::from(size);
     (type_name(kind, size), format_value(bits, kind, size))
 }

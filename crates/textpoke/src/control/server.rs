@@ -132,15 +132,7 @@ impl Client {
 
 /// A reply that carries only an error, in the shape of [`super::request`]'s.
 fn error_json(why: &str) -> String {
-    let mut out = String::new();
-    super::json::Obj::new(&mut out)
-        .bool("ok", false)
-        .str("request", "")
-        .num("matched", 0)
-        .strs("errors", [why])
-        .raw("copies", "[]")
-        .end();
-    out
+    super::reply("", false, 0, &[why.to_owned()], &[])
 }
 
 /// Tells a client it is turned away, if its socket takes the line at once, and closes it.

@@ -61,7 +61,7 @@ mod trap;
 
 pub use code::{Code, MAX_CODE};
 pub(crate) use patcher::unload_copy;
-pub use patcher::{ControlFns, control_each, serve_in_patcher, set_control};
+pub use patcher::{Answer, ControlFns, control_each, serve_in_patcher, set_control};
 pub use patcher::{
     PatchGuard, lock, patcher_id, register_sites, threads_blocking_sigtrap, trap_counts, try_lock,
 };

@@ -270,10 +270,8 @@ unsafe fn write_to(sink: Sink, ctx: *mut libc::c_void, text: &str) {
 /// knows nothing of what the requests mean).
 #[derive(Clone, Copy)]
 pub struct ControlFns {
-    /// Runs a request on this copy's items: (items matched or -1, this copy's JSON reply).
-    pub request: fn(&[u8]) -> (i64, String),
-    /// A reply of this copy's that says only why it failed.
-    pub error_reply: fn(&str) -> String,
+    /// Runs a request on this copy's items: [`Answer::Replied`] or [`Answer::Failed`].
+    pub request: fn(&[u8]) -> Answer,
     /// Starts serving in this copy; the socket's name, or why not.
     pub serve: fn() -> std::result::Result<String, String>,
 }
@@ -293,10 +291,15 @@ unsafe extern "C" fn abi_control(
 ) -> i64 {
     // SAFETY: the caller passes `len` readable bytes.
     let request = unsafe { std::slice::from_raw_parts(request, len) };
+    // On the wire: items matched and the reply; -1 and why the request failed; or 0 and
+    // nothing from a copy still loading.
     let (matched, reply) = match CONTROL.get() {
         // A panic must not cross the C boundary into another copy.
-        Some(c) => std::panic::catch_unwind(|| (c.request)(request))
-            .unwrap_or_else(|_| (-1, (c.error_reply)("the request panicked"))),
+        Some(c) => match std::panic::catch_unwind(|| (c.request)(request)) {
+            Ok(Answer::Replied(matched, reply)) => (matched as i64, reply),
+            Ok(Answer::Failed(why) | Answer::Silent(why)) => (-1, why),
+            Err(_) => (-1, "the request panicked".into()),
+        },
         None => (0, String::new()),
     };
     // SAFETY: the pair came with the call.
@@ -327,10 +330,19 @@ fn serve_here() -> std::result::Result<String, String> {
 pub struct CopyReply {
     /// Path of the object that holds the copy.
     pub object: String,
-    /// Items matched, or -1 when the request failed there.
-    pub matched: i64,
-    /// Its JSON reply.
-    pub reply: String,
+    /// What it said.
+    pub answer: Answer,
+}
+
+/// What a copy said to a control request.
+#[derive(Debug)]
+pub enum Answer {
+    /// It matched this many items, and replied this.
+    Replied(u64, String),
+    /// The request failed there, for this reason.
+    Failed(String),
+    /// It takes no requests (another rendezvous version, too old, or still loading): why.
+    Silent(String),
 }
 
 /// Runs `request` in every copy of textpoke in the process that takes control requests, in
@@ -343,51 +355,50 @@ pub fn control_each(request: &[u8]) -> Vec<CopyReply> {
         let Some(_held) = os::hold_object_at(found.anchor) else {
             continue; // unloaded since the scan
         };
-        let mut reply = Vec::new();
-        // A copy too old to take requests matched nothing, and its reply says why; it is not
-        // a failure of the request.
-        let matched = if found.version != RENDEZVOUS_VERSION {
-            0
-        } else {
-            // SAFETY: the note points at its copy's `PatcherV1`, a static of an object now
-            // held loaded; its header is checked before any function is used.
-            let table = unsafe { &*(found.anchor as *const PatcherV1) };
-            if check_table(table, &found.object).is_err()
-                || !has_field(
-                    table,
-                    std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>(),
-                )
-            {
-                0
-            } else {
-                // SAFETY: the object stays loaded (held), we hold no lock, and the sink
-                // appends to `reply`, which outlives the call.
-                unsafe {
-                    (table.control)(
-                        request.as_ptr(),
-                        request.len(),
-                        sink_to_vec,
-                        &mut reply as *mut Vec<u8> as *mut _,
-                    )
-                }
-            }
-        };
-        let reply = if reply.is_empty() {
-            let why = format!(
+        let silent = || {
+            Answer::Silent(format!(
                 "this copy of textpoke (rendezvous v{}) does not take control requests, or has \
                  not finished loading",
                 found.version
-            );
-            CONTROL
-                .get()
-                .map_or_else(|| why.clone(), |c| (c.error_reply)(&why))
+            ))
+        };
+        let table = (found.version == RENDEZVOUS_VERSION)
+            .then(|| {
+                // SAFETY: the note declares this version's `PatcherV1`, a static of an object
+                // now held loaded; its header is checked before any function is used.
+                unsafe { &*(found.anchor as *const PatcherV1) }
+            })
+            .filter(|t| {
+                check_table(t, &found.object).is_ok()
+                    && has_field(
+                        t,
+                        std::mem::offset_of!(PatcherV1, serve) + size_of::<Sink>(),
+                    )
+            });
+        let answer = if let Some(table) = table {
+            let mut reply = Vec::new();
+            // SAFETY: the object stays loaded (held), we hold no lock, and the sink appends to
+            // `reply`, which outlives the call.
+            let matched = unsafe {
+                (table.control)(
+                    request.as_ptr(),
+                    request.len(),
+                    sink_to_vec,
+                    &mut reply as *mut Vec<u8> as *mut _,
+                )
+            };
+            let text = String::from_utf8_lossy(&reply).into_owned();
+            match u64::try_from(matched) {
+                Err(_) => Answer::Failed(text),
+                Ok(_) if text.is_empty() => silent(),
+                Ok(matched) => Answer::Replied(matched, text),
+            }
         } else {
-            String::from_utf8_lossy(&reply).into_owned()
+            silent()
         };
         out.push(CopyReply {
             object: found.object,
-            matched,
-            reply,
+            answer,
         });
     }
     out

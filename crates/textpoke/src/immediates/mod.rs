@@ -150,6 +150,18 @@ pub enum ImmKind {
     Bool = 3,
 }
 
+impl ImmKind {
+    /// The kind an immediate recorded as this byte (an unknown byte reads as unsigned).
+    pub fn from_byte(byte: u8) -> Self {
+        match byte {
+            1 => ImmKind::Unsigned,
+            2 => ImmKind::Signed,
+            3 => ImmKind::Bool,
+            _ => ImmKind::Unknown,
+        }
+    }
+}
+
 macro_rules! imm_values {
     ($kind:ident: $($t:ty),*) => {$(
         impl sealed::Sealed for $t {}
@@ -363,13 +375,10 @@ impl ImmRow {
 
     /// Its type and size in bytes, as recorded (size 0: not recorded).
     pub(crate) fn kind(&self) -> (ImmKind, usize) {
-        let kind = match self.core.kind[0] {
-            1 => ImmKind::Unsigned,
-            2 => ImmKind::Signed,
-            3 => ImmKind::Bool,
-            _ => ImmKind::Unknown,
-        };
-        (kind, usize::from(self.core.kind[1]))
+        (
+            ImmKind::from_byte(self.core.kind[0]),
+            usize::from(self.core.kind[1]),
+        )
     }
 
     /// The value's bits now.
