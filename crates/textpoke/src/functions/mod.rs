@@ -187,22 +187,25 @@ pub struct FunctionInfo {
 pub fn list(pattern: &str) -> Result<Vec<FunctionInfo>> {
     let mut out = Vec::new();
     let glob = glob::Glob::new(pattern);
-    for (meta, _) in &functions()?.functions {
+    // One lock for every function's site count, not one each.
+    let lock = crate::engine::lock()?;
+    for (meta, _) in &table::fn_index(&lock)?.functions {
         if glob.matches(meta.name) {
+            // SAFETY: replacements are interned and never freed.
+            let replacement = unsafe { meta.replacement.load(Ordering::Acquire).as_ref() };
             out.push(FunctionInfo {
                 name: meta.name,
                 file: meta.file,
                 line: meta.line,
-                sites: meta.key.sites()?.len(),
+                sites: crate::keys::site_count(&lock, meta.key)?,
                 tracers: meta.tracers.load(Ordering::Acquire).count_ones() as usize,
-                replaced: !meta.replacement.load(Ordering::Acquire).is_null(),
-                // SAFETY: replacements are interned and never freed.
-                noop: unsafe { meta.replacement.load(Ordering::Acquire).as_ref() }
-                    .is_some_and(|r| r.target == __NOOP),
+                replaced: replacement.is_some(),
+                noop: replacement.is_some_and(|r| r.target == __NOOP),
                 unit: meta.unit,
             });
         }
     }
+    drop(lock);
     out.sort_by(|a, b| a.name.cmp(b.name));
     Ok(out)
 }

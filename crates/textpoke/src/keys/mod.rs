@@ -210,6 +210,11 @@ impl<const INIT: bool> StaticKey<INIT> {
     }
 }
 
+/// How many sites `key` has (validating the table on first use).
+pub(crate) fn site_count<const I: bool>(lock: &PatchGuard, key: &StaticKey<I>) -> Result<usize> {
+    Ok(jump_index(lock)?.sites_of(key.core.addr()).len())
+}
+
 /// What a thread meeting `site` executes while its key is `enabled`.
 fn insn(site: &JumpSite, enabled: bool) -> Insn {
     if site.jumps_when(enabled) {
