@@ -179,6 +179,24 @@ pub mod tables {
 /// Instruction knowledge shared by every part of textpoke and its tools.
 pub mod insn {
     pub use crate::arch::{disassemble, fill_padding, is_nop, nop_len};
+
+    /// The bytes a static-branch site at `site` holds: `jmp target` when `jump`, else the
+    /// 5-byte NOP. `None` when `target` is out of `rel32` reach.
+    pub fn jump_label(site: usize, target: usize, jump: bool) -> Option<Vec<u8>> {
+        crate::arch::jump_label_code(site, target, jump).map(|c| c.as_slice().to_vec())
+    }
+
+    /// `call target` at `site`; `None` when `target` is out of `rel32` reach.
+    pub fn call_rel32(site: usize, target: usize) -> Option<Vec<u8>> {
+        crate::arch::call_code(site, target).map(|c| c.as_slice().to_vec())
+    }
+
+    /// The `mov` an immediate-value site holds: `mov r32, imm32` (`wide` false) or `movabs
+    /// r64, imm64` into register `reg` (0 to 15), in the one encoding the assembler emits.
+    /// `None` for a register beyond `r15` or a value too wide for `r32`.
+    pub fn mov_imm(reg: u8, value: u64, wide: bool) -> Option<Vec<u8>> {
+        crate::arch::mov_imm_code(reg, value, wide).map(|c| c.as_slice().to_vec())
+    }
 }
 
 /// Low-level access for textpoke's own tools and tests. Not a stable API.

@@ -12,20 +12,26 @@ use iced_x86::{Decoder, DecoderOptions, Formatter as _, Instruction, IntelFormat
 use super::elf::Image;
 use super::symbols::Bounds;
 
-/// The canonical 5-byte NOP every disabled static-branch site holds.
-pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
-/// `jmp rel32`.
-pub const JMP: u8 = 0xe9;
 /// `call rel32`.
 pub const CALL: u8 = 0xe8;
 /// `int3`, which pads sites.
 pub const INT3: u8 = 0xcc;
 
-/// `opcode rel32` at `at`, reaching `target`; `None` when out of range.
-pub fn rel32(opcode: u8, at: u64, target: u64) -> Option<[u8; 5]> {
-    let rel = i32::try_from((target as i64).wrapping_sub(at.wrapping_add(5) as i64)).ok()?;
-    let r = rel.to_le_bytes();
-    Some([opcode, r[0], r[1], r[2], r[3]])
+// Sites' bytes come from the library's own encoders: what the runtime expects to find.
+
+/// The 5-byte NOP every disabled static-branch site holds.
+pub fn nop5() -> Vec<u8> {
+    textpoke::insn::jump_label(0, 0, false).unwrap_or_default()
+}
+
+/// `jmp target` at `at`; `None` when out of `rel32` reach.
+pub fn jmp(at: u64, target: u64) -> Option<Vec<u8>> {
+    textpoke::insn::jump_label(at as usize, target as usize, true)
+}
+
+/// `call target` at `at`; `None` when out of `rel32` reach.
+pub fn call(at: u64, target: u64) -> Option<Vec<u8>> {
+    textpoke::insn::call_rel32(at as usize, target as usize)
 }
 
 /// Where the `jmp rel32` or `call rel32` at `at` goes, if `bytes` is one.
@@ -39,23 +45,10 @@ pub fn rel32_target(opcode: u8, at: u64, bytes: &[u8]) -> Option<u64> {
     }
 }
 
-/// The `mov` an immediate-value site is built with: `mov r32, imm32` (`B8+r`, with `REX.B`
-/// for `r8d`-`r15d`) or `movabs r64, imm64` (`REX.W B8+r`), holding `value`.
-pub fn mov_imm(reg: u8, wide: bool, value: u64) -> Vec<u8> {
-    let mut code = Vec::with_capacity(10);
-    let rex_b = u8::from(reg >= 8);
-    if wide {
-        code.push(0x48 | rex_b);
-    } else if rex_b != 0 {
-        code.push(0x41);
-    }
-    code.push(0xb8 + (reg & 7));
-    if wide {
-        code.extend_from_slice(&value.to_le_bytes());
-    } else {
-        code.extend_from_slice(&(value as u32).to_le_bytes());
-    }
-    code
+/// The `mov` an immediate-value site is built with, holding `value`; `None` for a register
+/// beyond `r15`.
+pub fn mov_imm(reg: u8, wide: bool, value: u64) -> Option<Vec<u8>> {
+    textpoke::insn::mov_imm(reg, value, wide)
 }
 
 /// `bytes` as hex, space-separated.
@@ -201,21 +194,30 @@ fn decode(code: &[u8], start: u64) -> Decoded {
 mod tests {
     use super::*;
 
+    /// `jmp rel32`.
+    const JMP: u8 = 0xe9;
+
     #[test]
     fn rel32_round_trips() {
-        let code = rel32(JMP, 0x1000, 0x900).unwrap();
+        let code = jmp(0x1000, 0x900).unwrap();
         assert_eq!(rel32_target(JMP, 0x1000, &code), Some(0x900));
         assert_eq!(rel32_target(CALL, 0x1000, &code), None);
-        assert_eq!(rel32(JMP, 0, 1 << 40), None);
+        assert_eq!(jmp(0, 1 << 40), None);
+        assert_eq!(
+            rel32_target(CALL, 0x1000, &call(0x1000, 0x2000).unwrap()),
+            Some(0x2000)
+        );
     }
 
     #[test]
     fn mov_imm_matches_the_assembler() {
         // mov eax, 0x2a; mov r9d, 0x2a; movabs rcx, 0x2a; movabs r15, 0x2a (as GNU as emits).
-        assert_eq!(mov_imm(0, false, 42), [0xb8, 42, 0, 0, 0]);
-        assert_eq!(mov_imm(9, false, 42), [0x41, 0xb9, 42, 0, 0, 0]);
-        assert_eq!(mov_imm(1, true, 42), [0x48, 0xb9, 42, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(mov_imm(15, true, 42), [0x49, 0xbf, 42, 0, 0, 0, 0, 0, 0, 0]);
+        let mov = |reg, wide| mov_imm(reg, wide, 42).unwrap();
+        assert_eq!(mov(0, false), [0xb8, 42, 0, 0, 0]);
+        assert_eq!(mov(9, false), [0x41, 0xb9, 42, 0, 0, 0]);
+        assert_eq!(mov(1, true), [0x48, 0xb9, 42, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(mov(15, true), [0x49, 0xbf, 42, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(mov_imm(16, true, 42), None);
     }
 
     #[test]
@@ -233,9 +235,9 @@ mod tests {
 
     #[test]
     fn disassembly_reads_like_objdump() {
-        let jmp = rel32(JMP, 0x1000, 0x1234).unwrap();
-        assert_eq!(disassemble(0x1000, &jmp), "jmp 0x1234");
-        assert_eq!(show(0, &NOP5[..2]), "`0f 1f` = `(bad)`");
+        let jump = jmp(0x1000, 0x1234).unwrap();
+        assert_eq!(disassemble(0x1000, &jump), "jmp 0x1234");
+        assert_eq!(show(0, &nop5()[..2]), "`0f 1f` = `(bad)`");
         assert_eq!(disassemble(0, &[0x90, 0xc3]), "nop; ret");
     }
 }

@@ -2,7 +2,7 @@
 //! and the bytes each site is built with.
 
 use super::Verifier;
-use crate::inspect::code::{self, CALL, INT3, JMP, NOP5};
+use crate::inspect::code::{self, CALL, INT3};
 use crate::inspect::statics;
 use crate::inspect::tables::{AltEntry, Kind};
 
@@ -44,7 +44,7 @@ impl Verifier<'_> {
                 let state = if key.enabled { "enabled" } else { "disabled" };
                 let name = key.name.unwrap_or_else(|| format!("{:#x}", key.addr));
                 if key.enabled != j.likely() {
-                    match code::rel32(JMP, site, j.target) {
+                    match code::jmp(site, j.target) {
                         Some(jmp) => self.holds(
                             t,
                             e,
@@ -66,7 +66,7 @@ impl Verifier<'_> {
                     let what = format!(
                         "its initial 5-byte NOP (key {name} initially {state}, {shape} site):"
                     );
-                    self.holds(t, e, site, &NOP5, &what);
+                    self.holds(t, e, site, &code::nop5(), &what);
                 }
             }
             if let Some((start, end)) = self.boundary(t, e, site)
@@ -105,7 +105,7 @@ impl Verifier<'_> {
                 let what = "the trampoline is not 8-aligned".into();
                 self.report(t, Some(e), Some(tramp), what);
             }
-            match code::rel32(JMP, tramp, c.initial) {
+            match code::jmp(tramp, c.initial) {
                 Some(jmp) => {
                     let mut expected = jmp.to_vec();
                     expected.resize(TRAMPOLINE_PATCH_LEN, INT3);
@@ -153,7 +153,7 @@ impl Verifier<'_> {
                 continue;
             }
             if let Some(target) = call.map(|c| c.initial) {
-                match code::rel32(CALL, site, target) {
+                match code::call(site, target) {
                     Some(expected) => {
                         let what = "its call to the compiled-in target:";
                         self.holds(t, e, site, &expected, what);
@@ -249,11 +249,11 @@ impl Verifier<'_> {
                 );
                 self.report(t, Some(e), Some(site), what);
             }
-            if let Some(jmp) = code::rel32(JMP, back, site.wrapping_add(len)) {
+            if let Some(jmp) = code::jmp(back, site.wrapping_add(len)) {
                 self.holds(t, e, back, &jmp, "the default's jump back past the site");
             }
         }
-        match code::rel32(JMP, site, entry) {
+        match code::jmp(site, entry) {
             Some(jmp) => {
                 let mut expected = jmp.to_vec();
                 expected.resize(len as usize, INT3);
@@ -337,7 +337,11 @@ impl Verifier<'_> {
                 self.report(t, Some(e), Some(site), what);
                 continue;
             };
-            let expected = code::mov_imm(i.reg, wide, imm.initial);
+            let Some(expected) = code::mov_imm(i.reg, wide, imm.initial) else {
+                let what = format!("register {} does not exist (0 to 15)", i.reg);
+                self.report(t, Some(e), Some(site), what);
+                continue;
+            };
             if let Some(why) = self.not_text(site, expected.len() as u64) {
                 self.report(t, Some(e), Some(site), format!("the site {why}"));
                 continue;
